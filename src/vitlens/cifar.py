@@ -1,0 +1,232 @@
+"""Fetch, verify and safely read the CIFAR-10 python archive into compact arrays.
+
+Nothing from the archive is trusted: the MD5 is checked before anything is opened, every
+member must be a plain file or folder inside the archive, and batches are unpickled by an
+unpickler that can build only dicts, lists, strings, numbers and uint8 numpy arrays.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from tqdm import tqdm
+
+from vitlens.errors import VitlensError
+from vitlens.io import atomic_path
+
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+ROOT = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+NUM_CLASSES = 10
+
+
+class DataError(VitlensError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    x_train: np.ndarray  # (N, 3, 32, 32) uint8
+    y_train: np.ndarray  # (N,) int64
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+
+
+def local_path(url: str) -> Path | None:
+    """The file a `file://` URL or plain path names; None for http(s)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme == "file":
+        return Path(urllib.parse.unquote(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive
+        raise DataError(f"data.url={url!r} has unsupported scheme {parsed.scheme!r} "
+                        "(use http(s)://, file:// or a plain path)")
+    return Path(url).expanduser()
+
+
+def _is_transient(err: Exception) -> bool:
+    if isinstance(err, urllib.error.HTTPError):
+        return err.code >= 500 or err.code in (408, 429)
+    return isinstance(err, (urllib.error.URLError, TimeoutError, ConnectionError, OSError))
+
+
+def _stream(url: str, dest: Path, timeout_s: float) -> None:
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp, open(dest, "wb") as f:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+
+
+def download(url: str, dest: Path, *, retries: int, timeout_s: float,
+             backoff_s: float = 0.5) -> None:
+    """Download `url` to `dest`, retrying transient errors with exponential backoff."""
+    for attempt in range(retries + 1):
+        try:
+            _stream(url, dest, timeout_s)
+            return
+        except Exception as e:  # noqa: BLE001 - classified just below
+            reason = getattr(e, "reason", None) or e
+            if not _is_transient(e) or attempt == retries:
+                raise DataError(
+                    f"cannot download {url} ({reason}); offline, set data.url to a local copy "
+                    "(a path or file:// URL) and data.md5 to its MD5") from None
+            time.sleep(backoff_s * 2**attempt)
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Admits only numpy's array reconstruction; any other global (os.system, ...) is refused."""
+
+    _core = getattr(np, "_core", None) or np.core
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _core.multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _core.multiarray._reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}") from None
+
+
+def _unpickle(raw: bytes, name: str) -> dict:
+    try:
+        obj = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Exception as e:  # noqa: BLE001 - any failure means the member is not a batch
+        raise DataError(f"{name} is not a valid CIFAR batch: {e}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{name} is not a valid CIFAR batch: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def _check_member(m: tarfile.TarInfo) -> None:
+    p = PurePosixPath(m.name)
+    if p.is_absolute() or ".." in p.parts:
+        raise DataError(f"archive member {m.name!r} would land outside the target directory")
+    if not (m.isfile() or m.isdir()):
+        raise DataError(f"archive member {m.name!r} is a link or device, refused")
+
+
+def _read_members(archive: Path) -> dict[str, bytes]:
+    """Read the batch and meta members into memory after checking every member is safe."""
+    wanted = {f"{ROOT}/{n}" for n in (*TRAIN_BATCHES, TEST_BATCH, META)}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            for m in members:
+                _check_member(m)
+            found = {m.name: m for m in members if m.name in wanted}
+            missing = sorted(wanted - found.keys())
+            if missing:
+                raise DataError(f"{archive.name} lacks {', '.join(missing)}")
+            return {PurePosixPath(n).name: tar.extractfile(m).read() for n, m in found.items()}
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"{archive.name} is not a readable tar.gz archive (truncated or corrupt?): {e}") from None
+
+
+def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    d = _unpickle(raw, name)
+    data, labels = d.get("data"), d.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3072:
+        shape = getattr(data, "shape", None)
+        raise DataError(f"{name}: 'data' must be a uint8 array of shape (N, 3072), got {shape}")
+    if not isinstance(labels, list) or len(labels) != len(data):
+        n = len(labels) if isinstance(labels, list) else type(labels).__name__
+        raise DataError(f"{name}: expected {len(data)} labels, got {n}")
+    y = np.asarray(labels)
+    if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() >= NUM_CLASSES)):
+        raise DataError(f"{name}: labels must be integers 0-{NUM_CLASSES - 1}")
+    return data.reshape(-1, 3, 32, 32), y.astype(np.int64)
+
+
+def _parse_meta(raw: bytes) -> list[str]:
+    names = _unpickle(raw, META).get("label_names")
+    if not isinstance(names, list) or len(names) != NUM_CLASSES \
+            or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{META}: 'label_names' must be a list of {NUM_CLASSES} strings")
+    return names
+
+
+def read_archive(archive: Path, *, official: bool) -> Cifar10:
+    raw = _read_members(archive)
+    train = [_parse_batch(raw[n], n) for n in TRAIN_BATCHES]
+    x_test, y_test = _parse_batch(raw[TEST_BATCH], TEST_BATCH)
+    data = Cifar10(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                   x_test, y_test, _parse_meta(raw[META]))
+    if official and (len(data.x_train), len(data.x_test)) != (50_000, 10_000):
+        raise DataError(f"the official archive must hold 50000 + 10000 images, got "
+                        f"{len(data.x_train)} + {len(data.x_test)}")
+    return data
+
+
+def verify_md5(archive: Path, expected: str) -> None:
+    actual = md5sum(archive)
+    if actual != expected.lower():
+        raise DataError(f"MD5 mismatch for {archive}: expected {expected.lower()}, got {actual} "
+                        "(set data.md5 if this is a different copy on purpose)")
+
+
+def save_arrays(data: Cifar10, out: Path) -> None:
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
+                 y_test=data.y_test, classes=np.array(data.classes))
+
+
+def load_arrays(path: str | Path) -> Cifar10:
+    """Load what save_arrays wrote (uncompressed .npz: well under a second for all of CIFAR-10)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Cifar10(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
+                           [str(c) for c in z["classes"]])
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
+    except (KeyError, ValueError, OSError, zlib.error) as e:
+        raise DataError(f"{path} is not a dataset written by the download stage: {e}") from None
+
+
+def prepare(url: str, md5: str, out: Path, *, retries: int, timeout_s: float) -> Cifar10:
+    """Fetch (or locate) the archive, verify its MD5, parse it safely, write `out` atomically."""
+    src = local_path(url)
+    if src is not None:
+        if not src.is_file():
+            raise DataError(f"data.url={url!r}: no such file {src}")
+        return _convert(src, md5, out)
+    with tempfile.TemporaryDirectory(prefix="vitlens-download-") as d:
+        archive = Path(d) / "cifar-10-python.tar.gz"
+        download(url, archive, retries=retries, timeout_s=timeout_s)
+        return _convert(archive, md5, out)
+
+
+def _convert(archive: Path, md5: str, out: Path) -> Cifar10:
+    verify_md5(archive, md5)
+    data = read_archive(archive, official=md5.lower() == OFFICIAL_MD5)
+    save_arrays(data, out)
+    return data

@@ -1,0 +1,209 @@
+"""Typed, validated params: `params.yaml` is the single source of every value.
+
+Every key must be present and known; a wrong type or an out-of-range value raises a
+ConfigError whose one line names the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from vitlens.errors import VitlensError
+
+
+class ConfigError(VitlensError):
+    pass
+
+
+def spec(**rules: Any) -> Any:
+    """A required field with validation rules: gt, ge, le, lt, choices."""
+    return field(metadata=rules)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    url: str = spec()
+    md5: str = spec()
+    retries: int = spec(ge=0, le=10)
+    timeout_s: float = spec(gt=0)
+    val_size: int = spec(ge=1)
+    val_seed: int = spec(ge=0)
+    train_subset: int = spec(ge=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = spec(ge=1)
+    patch_size: int = spec(ge=1)
+    dim: int = spec(ge=1)
+    depth: int = spec(ge=1)
+    heads: int = spec(ge=1)
+    mlp_ratio: float = spec(gt=0)
+    dropout: float = spec(ge=0, lt=1)
+    attn_dropout: float = spec(ge=0, lt=1)
+    drop_path: float = spec(ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = spec(ge=1)
+    batch_size: int = spec(ge=1)
+    lr: float = spec(gt=0)
+    min_lr: float = spec(ge=0)
+    weight_decay: float = spec(ge=0)
+    warmup_epochs: float = spec(ge=0)
+    label_smoothing: float = spec(ge=0, lt=1)
+    grad_clip: float = spec(ge=0)
+    crop_padding: int = spec(ge=0)
+    flip: bool = spec()
+    seed: int = spec(ge=0)
+    device: str = spec(choices=("auto", "cpu", "cuda", "mps"))
+    compile: bool = spec()
+    threads: int = spec(ge=0)
+    nproc: int = spec(ge=1)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = spec(ge=1)
+
+
+@dataclass(frozen=True)
+class VisualizeConfig:
+    num_images: int = spec(ge=1, le=64)
+    seed: int = spec(ge=0)
+    indices: list[int] = spec()
+    distance_images: int = spec(ge=1)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = spec()
+    experiment: str = spec()
+    log_model: bool = spec()
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    visualize: VisualizeConfig
+    tracking: TrackingConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """`{"model.dim": 192, ...}`, the form MLflow params and `dvc exp run -S` use."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def digest(self, *sections: str) -> str:
+        """A stable hash of the given sections, to tell whether a checkpoint belongs to them."""
+        d = {s: dataclasses.asdict(getattr(self, s)) for s in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _type_ok(value: Any, typ: Any) -> bool:
+    if typ is bool:
+        return isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is str:
+        return isinstance(value, str)
+    if typ == list[int]:
+        return isinstance(value, list) and all(_type_ok(v, int) for v in value)
+    raise TypeError(f"unsupported config type {typ}")
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
+    bounds = {"gt": (">", float.__gt__), "ge": (">=", float.__ge__),
+              "lt": ("<", float.__lt__), "le": ("<=", float.__le__)}
+    for rule, bound in rules.items():
+        if rule == "choices":
+            if value not in bound:
+                raise ConfigError(f"{key}={value!r} must be one of {', '.join(map(str, bound))}")
+            continue
+        sym, op = bounds[rule]
+        if not op(float(value), float(bound)):
+            raise ConfigError(f"{key}={value!r} must be {sym} {bound}")
+
+
+def _build(cls: type, section: str, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section} must be a mapping of keys to values, got {raw!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{section}.{key} is not a known key (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{section}.{name}"
+        if name not in raw:
+            raise ConfigError(f"{key} is missing")
+        value = raw[name]
+        typ = hints[name]
+        if not _type_ok(value, typ):
+            raise ConfigError(f"{key}={value!r} must be {_TYPE_NAMES.get(typ, 'a list of integers')}")
+        _check_rules(key, value, f.metadata)
+        values[name] = float(value) if typ is float else value
+    return cls(**values)
+
+
+def _cross_checks(p: Params) -> None:
+    m, t = p.model, p.train
+    if m.image_size % m.patch_size:
+        raise ConfigError(f"model.image_size={m.image_size} must be divisible by "
+                          f"model.patch_size={m.patch_size}")
+    if m.dim % m.heads:
+        raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
+    if t.warmup_epochs > t.epochs:
+        raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} must be <= "
+                          f"train.epochs={t.epochs}")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr={t.min_lr:g} must be <= train.lr={t.lr:g}")
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", p.data.md5):
+        raise ConfigError(f"data.md5={p.data.md5!r} must be 32 hex digits")
+
+
+def parse_params(raw: Any) -> Params:
+    """Build validated Params from a parsed params.yaml mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml must hold a mapping of sections")
+    sections = {f.name: f.type for f in dataclasses.fields(Params)}
+    hints = get_type_hints(Params)
+    for s in raw:
+        if s not in sections:
+            raise ConfigError(f"{s} is not a known section (known: {', '.join(sections)})")
+    for s in sections:
+        if s not in raw:
+            raise ConfigError(f"section {s} is missing")
+    params = Params(**{s: _build(hints[s], s, raw[s]) for s in sections})
+    _cross_checks(params)
+    return params
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: run from the project root") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_params(raw)
