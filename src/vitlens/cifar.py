@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -102,7 +103,16 @@ class _BatchUnpickler(pickle.Unpickler):
     """Admits only numpy's array reconstruction; any other global (os.system, ...) is refused."""
 
     _core = getattr(np, "_core", None) or np.core
+
+    @staticmethod
+    def _latin1_encode(text: str, encoding: str) -> bytes:
+        # Python 3's protocol-2 pickles store array bytes as codecs.encode(text, "latin1").
+        if encoding != "latin1":
+            raise pickle.UnpicklingError(f"refused codec {encoding!r}")
+        return text.encode("latin1")
+
     ALLOWED = {
+        ("_codecs", "encode"): _latin1_encode,
         ("numpy.core.multiarray", "_reconstruct"): _core.multiarray._reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _core.multiarray._reconstruct,
         ("numpy", "ndarray"): np.ndarray,
@@ -143,9 +153,9 @@ def _read_members(archive: Path) -> dict[str, bytes]:
             for m in members:
                 _check_member(m)
             found = {m.name: m for m in members if m.name in wanted}
-            missing = sorted(wanted - found.keys())
+            missing = sorted(wanted - {n for n, m in found.items() if m.isfile()})
             if missing:
-                raise DataError(f"{archive.name} lacks {', '.join(missing)}")
+                raise DataError(f"{archive.name} lacks the file(s) {', '.join(missing)}")
             return {PurePosixPath(n).name: tar.extractfile(m).read() for n, m in found.items()}
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"{archive.name} is not a readable tar.gz archive (truncated or corrupt?): {e}") from None
@@ -156,15 +166,14 @@ def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     data, labels = d.get("data"), d.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3072:
-        shape = getattr(data, "shape", None)
-        raise DataError(f"{name}: 'data' must be a uint8 array of shape (N, 3072), got {shape}")
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{name}: 'data' must be a uint8 array of shape (N, 3072), got {got}")
     if not isinstance(labels, list) or len(labels) != len(data):
         n = len(labels) if isinstance(labels, list) else type(labels).__name__
         raise DataError(f"{name}: expected {len(data)} labels, got {n}")
-    y = np.asarray(labels)
-    if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() >= NUM_CLASSES)):
+    if not all(type(v) is int and 0 <= v < NUM_CLASSES for v in labels):
         raise DataError(f"{name}: labels must be integers 0-{NUM_CLASSES - 1}")
-    return data.reshape(-1, 3, 32, 32), y.astype(np.int64)
+    return data.reshape(-1, 3, 32, 32), np.array(labels, dtype=np.int64)
 
 
 def _parse_meta(raw: bytes) -> list[str]:
@@ -204,11 +213,13 @@ def load_arrays(path: str | Path) -> Cifar10:
     """Load what save_arrays wrote (uncompressed .npz: well under a second for all of CIFAR-10)."""
     try:
         with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
             return Cifar10(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
                            [str(c) for c in z["classes"]])
     except FileNotFoundError:
         raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
-    except (KeyError, ValueError, OSError, zlib.error) as e:
+    except (KeyError, ValueError, OSError, EOFError, TypeError, zlib.error, zipfile.BadZipFile) as e:
         raise DataError(f"{path} is not a dataset written by the download stage: {e}") from None
 
 

@@ -127,6 +127,14 @@ def _type_ok(value: Any, typ: Any) -> bool:
     raise TypeError(f"unsupported config type {typ}")
 
 
+def _float_or_str(text: str) -> float | str:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number it means."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -158,6 +166,8 @@ def _build(cls: type, section: str, raw: Any) -> Any:
             raise ConfigError(f"{key} is missing")
         value = raw[name]
         typ = hints[name]
+        if typ is float and isinstance(value, str):
+            value = _float_or_str(value)
         if not _type_ok(value, typ):
             raise ConfigError(f"{key}={value!r} must be {_TYPE_NAMES.get(typ, 'a list of integers')}")
         _check_rules(key, value, f.metadata)
@@ -204,6 +214,8 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: run from the project root") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     return parse_params(raw)

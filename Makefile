@@ -1,0 +1,37 @@
+# make repro: set up .venv and run the whole pipeline; make test: set up and run the tests.
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     ?= python3
+STAMP  := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.PHONY: setup repro test test-fast ui bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	test -d .git || (git init -q && git add -A && git commit -qm "initial commit")
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	pytest -q
+
+test-fast: setup
+	pytest -q -m "not slow"
+
+ui: setup
+	@echo "MLflow UI at http://127.0.0.1:5000 (store: sqlite:///$(CURDIR)/mlflow.db)"
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: setup
+	python -m vitlens.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,143 @@
+"""Where a ViT looks: attention rollout, per-head CLS maps and mean attention distance.
+
+Attention tensors follow the model's convention: one `(B, heads, N, N)` tensor per layer,
+row = query, column = key, rows summing to 1. Token 0 is CLS; tokens 1..N-1 are the
+patches of a `grid` x `grid` layout in row-major order, so token `1 + r * grid + c` is the
+patch at row r, column c.
+
+Shape mismatches are programming errors, so they raise ValueError rather than VitlensError.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def _check_tokens(attn: Tensor, grid: int) -> None:
+    n = attn.shape[-1]
+    if attn.shape[-2] != n or n != 1 + grid * grid:
+        raise ValueError(
+            f"attention of shape {tuple(attn.shape)} does not fit a CLS token plus a "
+            f"{grid}x{grid} patch grid (expected last dims {1 + grid * grid})"
+        )
+
+
+def _normalise_last(x: Tensor) -> Tensor:
+    """Divide by the sum over the last dim; an all-zero slice stays zero instead of NaN."""
+    total = x.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, x / total.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+
+
+def _residual_attention(attn: Tensor) -> Tensor:
+    """Head-averaged attention mixed half-and-half with the identity for the skip path."""
+    a = attn.mean(dim=1)  # (B, N, N)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    # Rows must sum to 1 per query: normalise over keys (dim -1), not over queries.
+    return _normalise_last(0.5 * a + 0.5 * eye)
+
+
+def attention_rollout(attns: Sequence[Tensor]) -> Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020) of per-layer `(B, heads, N, N)` weights.
+
+    Returns R = A'_L @ ... @ A'_1 of shape (B, N, N). Layer l maps its input tokens to its
+    output tokens by out = A'_l @ in, so composing layers 1..L puts the first layer on the
+    right: row i of R is how output token i of the last layer draws on the input tokens.
+    """
+    if not attns:
+        raise ValueError("attention_rollout needs at least one layer")
+    rollout = _residual_attention(attns[0])
+    for attn in attns[1:]:
+        rollout = _residual_attention(attn) @ rollout  # (B, N, N)
+    return rollout
+
+
+def cls_rollout_map(attns: Sequence[Tensor], grid: int) -> Tensor:
+    """The CLS row of the rollout over the patches, summing to 1, as a (B, grid, grid) map.
+
+    The CLS-to-CLS entry is dropped and the rest renormalised. If CLS draws nothing from
+    the patches (e.g. identity attention everywhere) the map is all zeros, not NaN or a
+    made-up uniform map, so "looks nowhere" stays distinguishable from "looks everywhere".
+    """
+    _check_tokens(attns[0], grid)
+    cls_row = attention_rollout(attns)[:, 0, 1:]  # (B, grid*grid)
+    return _normalise_last(cls_row).reshape(-1, grid, grid)
+
+
+def cls_attention_maps(attn: Tensor, grid: int) -> Tensor:
+    """One layer's CLS-query attention over the patches, per head: (B, heads, grid, grid).
+
+    Not renormalised: the mass CLS puts on itself is simply missing from the map.
+    """
+    _check_tokens(attn, grid)
+    b, heads = attn.shape[:2]
+    return attn[:, :, 0, 1:].reshape(b, heads, grid, grid)
+
+
+def upsample_map(m: Tensor, size: int) -> Tensor:
+    """Blow a (..., g, g) patch map up to (..., size, size) image pixels, nearest-neighbour.
+
+    Patch p covers exactly pixels [p * ps, (p + 1) * ps) with ps = size // g, the pixels
+    the patch embedding read, so an overlay lines up with the image. Each value is
+    repeated rather than interpolated: bilinear would smear a patch's value into its
+    neighbours and blur exactly the boundaries the map is meant to show.
+    """
+    g = m.shape[-1]
+    if m.shape[-2] != g or size % g:
+        raise ValueError(f"map of shape {tuple(m.shape)} cannot tile a {size}x{size} image")
+    ps = size // g
+    return m.repeat_interleave(ps, dim=-2).repeat_interleave(ps, dim=-1)
+
+
+def patch_distances(grid: int, patch_size: int) -> Tensor:
+    """Euclidean distance in pixels between patch centres, (grid*grid, grid*grid), row-major."""
+    idx = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(idx, idx, indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=-1) * patch_size  # (P, 2)
+    # Centres are (i + 0.5) * ps; the 0.5 cancels in differences, so it is left out.
+    return torch.cdist(centres, centres)
+
+
+def mean_attention_distance(attns: Sequence[Tensor], grid: int, patch_size: int) -> Tensor:
+    """Mean attention distance in pixels per layer and head, (L, heads), as in ViT Fig. 7.
+
+    For each patch query: sum over patch keys of attention * distance, then averaged over
+    queries and the batch. CLS has no position, so its query row and key column are
+    dropped and each query's remaining weights renormalised to sum 1 over the patches.
+    Averaging over several batches is the caller's job: weight each call by batch size.
+    """
+    if not attns:
+        raise ValueError("mean_attention_distance needs at least one layer")
+    dist = patch_distances(grid, patch_size)  # (P, P)
+    per_layer = []
+    for attn in attns:
+        _check_tokens(attn, grid)
+        patches = _normalise_last(attn[:, :, 1:, 1:].to(torch.float64))  # (B, heads, P, P)
+        per_query = (patches * dist.to(patches.device)).sum(dim=-1)  # (B, heads, P)
+        per_layer.append(per_query.mean(dim=(0, 2)))  # (heads,)
+    return torch.stack(per_layer).to(attns[0].dtype)
+
+
+@torch.no_grad()
+def attention_views(model: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits, rollout maps (B, S, S) and last-layer per-head CLS maps (B, heads, S, S) at
+    image size S, from the model's explicit-attention path in eval mode."""
+    model.eval()
+    logits, attns = model(x, return_attn=True)
+    grid, size = model.grid, x.shape[-1]
+    rollout = upsample_map(cls_rollout_map(attns, grid), size)
+    heads = upsample_map(cls_attention_maps(attns[-1], grid), size)
+    return logits.float(), rollout, heads
+
+
+@torch.no_grad()
+def mean_attention_distance_over(model: torch.nn.Module, batches: Sequence[Tensor]) -> Tensor:
+    """mean_attention_distance averaged over normalised image batches, weighted by size."""
+    model.eval()
+    total, n = None, 0
+    for x in batches:
+        _, attns = model(x, return_attn=True)
+        d = mean_attention_distance(attns, model.grid, model.patch_size) * len(x)
+        total, n = (d if total is None else total + d), n + len(x)
+    return total / n

@@ -1,0 +1,133 @@
+"""A Vision Transformer, written here: patch embedding, CLS token, learned positions,
+pre-norm encoder blocks, final norm and a linear head."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitlens.config import ModelConfig
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused path (SDPA) and an explicit path that
+    returns the weights; SDPA never exposes them, and hooks do not fire inside it."""
+
+    def __init__(self, *, dim: int, heads: int, attn_dropout: float, dropout: float):
+        super().__init__()
+        assert dim % heads == 0, f"dim {dim} must be divisible by heads {heads}"
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_dropout = attn_dropout
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        B, N, C = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        p = self.attn_dropout if self.training else 0.0
+        if return_attn:
+            attn = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B, heads, N, N)
+            out = F.dropout(attn, p, self.training) @ v
+        else:
+            attn = None
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return self.drop(self.proj(out)), attn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample, rescale the survivors."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    def __init__(self, *, dim: int, heads: int, mlp_ratio: float, dropout: float,
+                 attn_dropout: float, drop_path: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim=dim, heads=heads, attn_dropout=attn_dropout, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        a, attn = self.attn(self.norm1(x), return_attn)
+        x = x + self.drop_path(a)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, attn
+
+
+class ViT(nn.Module):
+    def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int,
+                 depth: int, heads: int, mlp_ratio: float, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, drop_path: float = 0.0, channels: int = 3):
+        super().__init__()
+        assert image_size % patch_size == 0, "image size must be divisible by patch size"
+        self.grid = image_size // patch_size
+        self.patch_size = patch_size
+        self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
+        self.drop = nn.Dropout(dropout)
+        # Stochastic depth grows linearly with depth: early blocks are kept almost always.
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            Block(dim=dim, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout,
+                  attn_dropout=attn_dropout, drop_path=r) for r in rates)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Logits (B, classes); with return_attn, also every layer's (B, heads, N, N) weights."""
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, grid*grid, dim)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.drop(x + self.pos_embed)  # (B, N, dim), N = 1 + grid*grid
+        attns = []
+        for block in self.blocks:
+            x, attn = block(x, return_attn)
+            attns.append(attn)
+        logits = self.head(self.norm(x[:, 0]))
+        return (logits, attns) if return_attn else logits
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
+    return ViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=num_classes,
+               dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+               dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, drop_path=cfg.drop_path)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices/kernels only: not biases, norms, CLS or positions."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_embedding = name.rsplit(".", 1)[-1] in ("cls_token", "pos_embed")
+        (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,253 @@
+"""Every figure of the pipeline: numpy arrays in, a matplotlib Figure out, `save_figure` to disk.
+
+Figures are built with `matplotlib.figure.Figure` directly rather than pyplot, so nothing
+registers in pyplot's global figure list (no leaks across a long stage, no GUI backend) and
+PNG output goes through Agg regardless of the configured backend.
+
+Nothing here computes attention: maps arrive already upsampled to image pixels
+(`vitlens.attention.upsample_map`) and are only drawn. Images are uint8 (n, 3, H, W),
+channels first, de-normalised raw pixels. Shape mismatches are programming errors and raise
+ValueError.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from vitlens.io import atomic_path
+
+DPI = 120
+MAP_CMAP = "inferno"
+MAP_ALPHA = 0.6
+ATTENTION_LABEL = "attention (share of CLS attention)"
+GRID_COLUMNS = 8
+RIGHT, WRONG = "tab:green", "tab:red"
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
+    """Write `fig` as a PNG to `path` atomically, then free it (also when saving fails)."""
+    try:
+        with atomic_path(path) as tmp:
+            # The temporary name ends in .tmp, so the format cannot be inferred from it.
+            fig.savefig(tmp, format="png", dpi=DPI)
+    finally:
+        _free(fig)
+
+
+def _free(fig: Figure) -> None:
+    # A figure a caller made with pyplot stays in its registry until closed; ours are not
+    # registered, and clearing drops their artists (and the arrays they hold) right away.
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
+    fig.clear()
+
+
+def training_curves(history: Sequence[dict[str, float]], *,
+                    title: str = "Training curves") -> Figure:
+    """Loss and accuracy per epoch, train vs validation; accuracies are fractions in [0, 1]."""
+    if not history:
+        raise ValueError("training_curves needs at least one epoch of history")
+    epochs = [row.get("epoch", i) for i, row in enumerate(history, 1)]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for split in ("train", "val"):
+        label = "train" if split == "train" else "validation"
+        loss_ax.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", label=label)
+        acc_ax.plot(epochs, [100 * r[f"{split}_acc"] for r in history], marker="o", label=label)
+    for ax, name in ((loss_ax, "loss (cross-entropy)"), (acc_ax, "accuracy (%)")):
+        ax.set(xlabel="epoch", ylabel=name, title=name.split(" ")[0])
+        # Half an epoch of margin keeps a single epoch from getting fractional ticks.
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return fig
+
+
+def image_grid(images: np.ndarray, labels: Sequence[str], *,
+               title: str = "Test images") -> Figure:
+    """Images in rows of up to 8, each titled with its class name."""
+    _check_images(images, labels)
+    n = len(images)
+    cols = min(n, GRID_COLUMNS)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(1.6 * cols + 0.4, 1.7 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, img, label in zip(axes, images, labels):
+        _show_image(ax, img)
+        ax.set_title(label, fontsize=10)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig
+
+
+def attention_overlays(images: np.ndarray, truth: Sequence[str], pred: Sequence[str],
+                       confidence: Sequence[float], maps: np.ndarray, *,
+                       title: str = "Where the model looks (attention rollout)") -> Figure:
+    """Per image: the image with its true class, with the prediction, and with its map overlaid.
+
+    `confidence` is the predicted class's probability in [0, 1]; `maps` is (n, H, W) at image
+    resolution. The prediction title is green when right and red when wrong.
+    """
+    _check_images(images, truth, pred, confidence)
+    _check_maps(images, maps)
+    if any(not 0 <= c <= 1 for c in confidence):
+        raise ValueError("confidence must be probabilities in [0, 1], not percentages")
+    n = len(images)
+    fig = Figure(figsize=(8.6, 2.7 * n + 0.5), layout="constrained")
+    axes = fig.subplots(n, 3, squeeze=False)
+    for row, img, t, p, c, m in zip(axes, images, truth, pred, confidence, maps):
+        _show_image(row[0], img)
+        row[0].set_title(f"ground truth: {t}", fontsize=10)
+        _show_image(row[1], img)
+        row[1].set_title(f"prediction: {p} ({100 * c:.1f}%)", fontsize=10,
+                         color=RIGHT if p == t else WRONG)
+        norm = _overlay(row[2], img, m)
+        row[2].set_title("attention", fontsize=10)
+        _colorbar(fig, norm, row[2])
+    fig.suptitle(title)
+    return fig
+
+
+def rollout_vs_heads(images: np.ndarray, rollout: np.ndarray, heads: np.ndarray,
+                     titles: Sequence[str], *,
+                     title: str = "Attention rollout vs last-layer CLS attention per head",
+                     ) -> Figure:
+    """Per image: the image, its rollout overlay, then each head's last-layer CLS map.
+
+    `rollout` is (n, H, W), `heads` (n, heads, H, W), both at image resolution. The rollout
+    has its own colour bar; the heads of a row share one scale and bar, so their magnitudes
+    compare directly. A shared scale with the rollout would be unreadable: a single focused
+    head can put most of the CLS attention on one patch, flattening the rollout to black.
+    """
+    _check_images(images, titles)
+    _check_maps(images, rollout)
+    if heads.ndim != 4 or len(heads) != len(images):
+        raise ValueError(f"heads must be (n, heads, H, W) for {len(images)} images, "
+                         f"got shape {heads.shape}")
+    _check_maps(images, heads[:, 0])
+    n, n_heads = heads.shape[:2]
+    fig = Figure(figsize=(2.1 * (n_heads + 2) + 1.4, 2.3 * n + 0.5), layout="constrained")
+    axes = fig.subplots(n, n_heads + 2, squeeze=False)
+    for row, img, name, roll, maps in zip(axes, images, titles, rollout, heads):
+        _show_image(row[0], img)
+        row[0].set_title(name, fontsize=10)
+        roll_norm = _overlay(row[1], img, roll)
+        _colorbar(fig, roll_norm, row[1], label="rollout (share of CLS attention)")
+        head_norm = Normalize(0.0, max(float(maps.max()), 1e-12))
+        for ax, m in zip(row[2:], maps):
+            _overlay(ax, img, m, head_norm)
+        _colorbar(fig, head_norm, list(row[2:]), label="CLS attention (share)")
+    axes[0, 1].set_title("rollout", fontsize=10)
+    for h, ax in enumerate(axes[0, 2:], 1):
+        ax.set_title(f"head {h}", fontsize=10)
+    fig.suptitle(title)
+    return fig
+
+
+def attention_distance_plot(dist: np.ndarray, patch_size: int | None = None, *,
+                            title: str = "Mean attention distance per head") -> Figure:
+    """Mean attention distance (L, heads) in pixels vs depth, one point per head (ViT Fig. 7).
+
+    With `patch_size`, a dashed line marks one patch: the distance of attending only to an
+    immediate neighbour, which separates local heads from global ones at a glance.
+    """
+    if dist.ndim != 2:
+        raise ValueError(f"dist must be (layers, heads), got shape {dist.shape}")
+    layers, n_heads = dist.shape
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    depth = np.arange(1, layers + 1)
+    for h in range(n_heads):
+        ax.scatter(depth, dist[:, h], s=36, alpha=0.85, label=f"head {h + 1}")
+    if patch_size is not None:
+        ax.axhline(patch_size, color="grey", linestyle="--", linewidth=1,
+                   label=f"one patch ({patch_size} px)")
+    ax.set(xlabel="network depth (layer)", ylabel="mean attention distance (pixels)",
+           xticks=depth, ylim=(0, None))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title)
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, classes: Sequence[str], *,
+                     title: str = "Confusion matrix") -> Figure:
+    """Counts annotated per cell; colour is the row-normalised share, so classes with
+    fewer test images are not drawn fainter. The title carries the overall accuracy."""
+    k = len(classes)
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion matrix of shape {cm.shape} does not fit {k} classes")
+    totals = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, totals, out=np.zeros(cm.shape), where=totals > 0)
+    fig = Figure(figsize=(0.6 * k + 3.2, 0.55 * k + 2), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    for (i, j), count in np.ndenumerate(cm):
+        ax.text(j, i, f"{count:g}", ha="center", va="center", fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(k), classes)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    fig.colorbar(im, ax=ax, label="share of the true class")
+    total, correct = cm.sum(), np.trace(cm)
+    acc = f"accuracy {correct / total:.1%} ({correct:g}/{total:g})" if total else "no samples"
+    fig.suptitle(f"{title}: {acc}")
+    return fig
+
+
+def _check_images(images: np.ndarray, *per_image: Sequence) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (n, 3, H, W), got shape {images.shape}")
+    if len(images) == 0:
+        raise ValueError("no images to draw")
+    if any(len(seq) != len(images) for seq in per_image):
+        raise ValueError(f"per-image arguments must all have {len(images)} entries")
+
+
+def _check_maps(images: np.ndarray, maps: np.ndarray) -> None:
+    want = (len(images), *images.shape[2:])
+    if maps.shape != want:
+        raise ValueError(f"maps must be {want} (upsampled to the image), got {maps.shape}")
+
+
+def _extent(img: np.ndarray) -> tuple[float, float, float, float]:
+    # Pixel edges, top row first: image and map drawn with the same extent share pixel cells.
+    h, w = img.shape[-2:]
+    return (0, w, h, 0)
+
+
+def _show_image(ax: Axes, img: np.ndarray) -> None:
+    ax.imshow(img.transpose(1, 2, 0), interpolation="nearest", extent=_extent(img))
+    ax.set_axis_off()
+
+
+def _overlay(ax: Axes, img: np.ndarray, m: np.ndarray, norm: Normalize | None = None,
+             ) -> Normalize:
+    """Draw `img` with `m` on top; return the colour scale used (0 to the map's max if none)."""
+    if norm is None:
+        norm = Normalize(0.0, max(float(m.max()), 1e-12))
+    _show_image(ax, img)
+    ax.imshow(m, cmap=MAP_CMAP, norm=norm, alpha=MAP_ALPHA, interpolation="nearest",
+              extent=_extent(img))
+    return norm
+
+
+def _colorbar(fig: Figure, norm: Normalize, ax: Axes | list[Axes],
+              label: str = ATTENTION_LABEL) -> None:
+    # An opaque bar: one built from the translucent overlay would show washed-out colours.
+    bar = fig.colorbar(ScalarMappable(norm, MAP_CMAP), ax=ax, shrink=0.9, aspect=15)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)

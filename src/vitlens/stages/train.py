@@ -1,0 +1,68 @@
+"""DVC stage `train`: data/cifar10.npz -> models/model.pt + per-epoch history
+(reads data.val_size, data.val_seed, data.train_subset, model.*, train.*, tracking.*)."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from vitlens import tracking
+from vitlens.cifar import load_arrays
+from vitlens.config import Params, load_params
+from vitlens.errors import run_main
+from vitlens.io import atomic_path, write_csv
+from vitlens.training import checkpoint_digest, load_checkpoint, model_record, train
+
+
+def start_run(params: Params, previous_run_id: str, device: str) -> tracking.Run | None:
+    if not params.tracking.enabled:
+        return None
+    if previous_run_id:
+        run = tracking.open_run(previous_run_id)
+        run.reopen()
+        return run
+    tags = {"git_commit": tracking.git_commit(), "device": device,
+            "torch_version": torch.__version__, **tracking.dvc_tags()}
+    run = tracking.create_run(params.tracking.experiment, os.environ.get("DVC_EXP_NAME"), tags)
+    run.log_params(params.flat())
+    return run
+
+
+def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
+                 checkpoint: Path) -> None:
+    data = load_arrays(data_path)
+    state = load_checkpoint(checkpoint, checkpoint_digest(params))
+    from vitlens.training import pick_device
+    device = pick_device(params.train.device)
+    run = start_run(params, state["run_id"] if state else "", str(device))
+    with tracking.finishing(run):
+        result = train(params, data, checkpoint=checkpoint, state=state, run=run)
+        record = model_record(result, params, data.classes, git_commit=tracking.git_commit(),
+                              run_id=run.id if run else None)
+        with atomic_path(out) as tmp:
+            torch.save(record, tmp)
+        write_csv(history_path, result.history)
+        if run is not None:
+            run.log_artifact(history_path, "history")
+            if params.tracking.log_model:
+                example = result.norm(torch.from_numpy(data.x_test[:2]).to(result.device))
+                run.log_model(result.model.eval(), example)
+    checkpoint.unlink(missing_ok=True)
+    print(f"wrote {out} and {history_path}" + (f"; MLflow run {run.id}" if run else ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", type=Path, default=Path("data/cifar10.npz"))
+    ap.add_argument("--out", type=Path, default=Path("models/model.pt"))
+    ap.add_argument("--history", type=Path, default=Path("reports/train/history.csv"))
+    ap.add_argument("--checkpoint", type=Path, default=Path("models/checkpoint.pt"))
+    args = ap.parse_args()
+    run_training(load_params(args.params), args.data, args.out, args.history, args.checkpoint)
+
+
+if __name__ == "__main__":
+    run_main(main)

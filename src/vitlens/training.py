@@ -1,0 +1,300 @@
+"""The training loop: AdamW, warmup + cosine, label smoothing, clipping, per-epoch
+validation, atomic checkpoints that resume only under the params that wrote them."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from vitlens.cifar import Cifar10
+from vitlens.config import Params
+from vitlens.data import Split, batches, channel_stats, normalize, random_crop_flip, \
+    split_train_val, to_device
+from vitlens.errors import VitlensError
+from vitlens.evaluation import evaluate_logits
+from vitlens.io import atomic_path
+from vitlens.model import ViT, build_model, param_groups
+
+MODEL_FORMAT = "vitlens-vit/1"
+CHECKPOINT_SECTIONS = ("data", "model", "train")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VitlensError("train.device=cuda but no CUDA device is available (use auto or cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise VitlensError("train.device=mps but MPS is not available (use auto or cpu)")
+    return torch.device(name)
+
+
+def lr_at(step: int, *, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Linear warmup from 0 to lr over `warmup` steps, then cosine decay to min_lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def autocast(device: torch.device) -> Any:
+    """bf16 on CUDA (no loss scaling needed), full fp32 elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@dataclass
+class Normalizer:
+    mean: list[float]
+    std: list[float]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        shape = (1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(shape)
+        std = torch.tensor(self.std, device=x.device).view(shape)
+        return normalize(x, mean, std)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, norm: Normalizer, batch_size: int,
+            device: torch.device) -> Tensor:
+    """Logits (N, classes) in float32 on the CPU, in the order of the split."""
+    model.eval()
+    out = []
+    for xb, _ in batches(split, batch_size):
+        with autocast(device):
+            out.append(model(norm(xb)).float().cpu())
+    return torch.cat(out)
+
+
+@dataclass
+class Dist:
+    """This process's place among the training processes (world 1 = a plain process)."""
+    rank: int = 0
+    world: int = 1
+    reduce: Callable[[Tensor], Tensor] = field(default=lambda t: t)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    model: ViT
+    history: list[dict[str, float]]
+    norm: Normalizer
+    device: torch.device
+
+
+def checkpoint_state(model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int,
+                     history: list, gens: dict[str, torch.Generator], digest: str,
+                     run_id: str | None) -> dict:
+    return {"digest": digest, "epoch": epoch, "step": step, "history": history,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}),
+                    **{k: g.get_state() for k, g in gens.items()}},
+            "run_id": run_id or ""}
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, digest: str) -> dict | None:
+    """The checkpoint at `path` if it was written under the same params, else None."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt checkpoint is ignored, not fatal
+        print(f"ignoring unreadable checkpoint {path}: {e}")
+        return None
+    if state.get("digest") != digest:
+        print(f"ignoring checkpoint {path}: it was written under other params")
+        return None
+    return state
+
+
+def _restore(state: dict, model: nn.Module, opt: torch.optim.Optimizer,
+             gens: dict[str, torch.Generator]) -> None:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    for k, g in gens.items():
+        g.set_state(state["rng"][k])
+
+
+class EpochStats:
+    """Running sums kept on the device, so the hot loop never waits on a host sync."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss*n, correct, n
+
+    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        n = y.numel()
+        self.sums += torch.stack([loss.detach().double() * n,
+                                  (logits.argmax(1) == y).sum().double(),
+                                  torch.tensor(n, device=y.device, dtype=torch.float64)])
+
+    def result(self, dist: Dist) -> tuple[float, float]:
+        loss_sum, correct, n = dist.reduce(self.sums.clone()).tolist()
+        if not math.isfinite(loss_sum):
+            raise VitlensError("training loss became NaN or infinite; lower train.lr or "
+                               "raise train.warmup_epochs")
+        return loss_sum / n, correct / n
+
+
+def _check_finite(loss: Tensor, epoch: int, step: int) -> float:
+    value = loss.item()
+    if not math.isfinite(value):
+        raise VitlensError(f"training loss is {value} at epoch {epoch} step {step}; "
+                           "lower train.lr or raise train.warmup_epochs")
+    return value
+
+
+def checkpoint_digest(params: Params) -> str:
+    return params.digest(*CHECKPOINT_SECTIONS)
+
+
+def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None = None,
+          dist: Dist | None = None, run: Any = None,
+          wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> TrainResult:
+    """Train the ViT described by `params` on `data`, continuing from `state` (a checkpoint
+    from load_checkpoint) when given, and checkpointing to `checkpoint` after every epoch.
+
+    `run` (a tracking.Run or None) receives per-epoch metrics; `wrap` wraps the model for
+    the forward/backward pass (DistributedDataParallel); only the main process writes.
+    """
+    dist = dist or Dist()
+    t, d = params.train, params.data
+    device = pick_device(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    (xtr, ytr), (xval, yval) = split_train_val(data, val_size=d.val_size, seed=d.val_seed,
+                                               subset=d.train_subset)
+    if len(ytr) < t.batch_size:
+        raise VitlensError(f"train.batch_size={t.batch_size} must be <= the {len(ytr)} "
+                           "training images left after the validation split and subset")
+    train_split, val_split = to_device(xtr, ytr, device), to_device(xval, yval, device)
+    norm = Normalizer(*channel_stats(xtr))
+
+    model = build_model(params.model, len(data.classes)).to(device)
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.999))
+    gens = {"order": torch.Generator(device).manual_seed(t.seed),
+            "augment": torch.Generator(device).manual_seed(t.seed + 1 + dist.rank)}
+    steps_per_epoch = len(train_split) // t.batch_size
+    total, warmup = steps_per_epoch * t.epochs, round(steps_per_epoch * t.warmup_epochs)
+    digest = checkpoint_digest(params)
+
+    history: list[dict[str, float]] = []
+    start_epoch, step = 0, 0
+    if state is not None:
+        _restore(state, model, opt, gens)
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        if dist.main:
+            print(f"resuming from {checkpoint} after epoch {start_epoch}")
+    fwd = wrap(model)
+    if t.compile:
+        fwd = torch.compile(fwd)
+    local_bs = t.batch_size // dist.world
+
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        t0 = time.perf_counter()
+        fwd.train()
+        stats = EpochStats(device)
+        bar = tqdm(batches(train_split, t.batch_size, generator=gens["order"], drop_last=True,
+                           rank=dist.rank, world=dist.world),
+                   total=steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", leave=False,
+                   disable=not dist.main, mininterval=1.0)
+        for i, (xb, yb) in enumerate(bar):
+            lr = lr_at(step, total=total, warmup=warmup, lr=t.lr, min_lr=t.min_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = norm(random_crop_flip(xb, padding=t.crop_padding, flip=t.flip,
+                                      generator=gens["augment"]))
+            with autocast(device):
+                logits = fwd(x)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=t.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            step += 1
+            stats.add(loss, logits, yb)
+            if i % 20 == 0:
+                seen = (i + 1) * local_bs * dist.world
+                bar.set_postfix(loss=f"{_check_finite(loss, epoch, step):.3f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        train_loss, train_acc = stats.result(dist)
+        train_seconds = time.perf_counter() - t0
+        val = evaluate_logits(predict(model, val_split, norm, 500, device), val_split.y,
+                              data.classes)
+        val_loss, val_acc = val.loss, val.accuracy
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+               "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+               "epoch_seconds": time.perf_counter() - t0,
+               "images_per_second": steps_per_epoch * t.batch_size / train_seconds}
+        history.append(row)
+        if dist.main:
+            print(f"epoch {epoch:3d}/{t.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                  f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.2e}  "
+                  f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s", flush=True)
+            if run is not None:
+                run.log_metrics(epoch_metrics(row), step=epoch)
+            save_checkpoint(checkpoint_state(model, opt, epoch, step, history, gens, digest,
+                                             run.id if run is not None else None), checkpoint)
+    return TrainResult(model, history, norm, device)
+
+
+def epoch_metrics(row: dict[str, float]) -> dict[str, float]:
+    """History row -> MLflow metric names (`train/loss`, `val/accuracy`, ...)."""
+    names = {"train_loss": "train/loss", "train_acc": "train/accuracy", "val_loss": "val/loss",
+             "val_acc": "val/accuracy", "lr": "lr", "epoch_seconds": "epoch_seconds",
+             "images_per_second": "images_per_second"}
+    return {names[k]: v for k, v in row.items() if k in names}
+
+
+def model_record(result: TrainResult, params: Params, classes: list[str], *,
+                 git_commit: str, run_id: str | None) -> dict:
+    """Everything needed to rebuild and use the model; loads with weights_only=True."""
+    return {"format": MODEL_FORMAT, "state_dict": result.model.state_dict(),
+            "model_config": asdict(params.model), "num_classes": len(classes),
+            "classes": classes, "mean": result.norm.mean, "std": result.norm.std,
+            "params": params.to_dict(), "git_commit": git_commit, "mlflow_run_id": run_id or "",
+            "history": result.history}
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ViT, dict]:
+    """Rebuild the model from a file the train stage wrote; one-line errors for bad files."""
+    from vitlens.config import ModelConfig
+
+    try:
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise VitlensError(f"{path} not found: run the train stage first (dvc repro train)") from None
+    except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways
+        raise VitlensError(f"{path} is not a readable model file: {str(e).splitlines()[0]}") from None
+    if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
+        raise VitlensError(f"{path} is not a model written by the train stage")
+    model = build_model(ModelConfig(**rec["model_config"]), rec["num_classes"])
+    model.load_state_dict(rec["state_dict"])
+    return model.to(device).eval(), rec

@@ -1,0 +1,177 @@
+"""Shared test helpers: a small, learnable CIFAR-10 archive in the official layout, and params.
+
+The official archive was pickled by Python 2 (protocol 2), where a byte string is a `str` and
+is written with the BINSTRING opcodes and arrays name `numpy.core.multiarray._reconstruct`.
+`_Py2Pickler` reproduces exactly that, so the fixture exercises the same unpickling path as
+the real download.
+"""
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import io
+import pickle
+import struct
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ROOT = "cifar-10-batches-py"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck"]
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+# One distinct mean colour per class (RGB), far apart so a tiny model separates them easily.
+_PALETTE = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230], [230, 230, 40],
+                     [230, 40, 230], [40, 230, 230], [140, 140, 140], [230, 140, 40],
+                     [40, 140, 230], [140, 40, 140]], dtype=np.float32)
+
+
+class TarEntry(NamedTuple):
+    """A member value written as a non-regular entry: `TarEntry(tarfile.SYMTYPE, "/etc/passwd")`
+    is a symlink, LNKTYPE a hard link, DIRTYPE a directory."""
+    type: bytes
+    linkname: str = ""
+
+
+class Archive(NamedTuple):
+    path: Path
+    md5: str
+
+
+class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler lets us replace opcodes
+    """Protocol 2 as Python 2 wrote it: bytes as BINSTRING, the legacy numpy module name."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_py2_str
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        if getattr(obj, "__name__", None) == "_reconstruct":
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def py2_pickle(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def _images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, 3, 32, 32) uint8: class colour + class-specific stripes + noise."""
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    period = 2 + labels % 5                                   # stripe width by class
+    coord = np.where((labels // 5)[:, None, None] == 0, yy, xx)  # rows or columns
+    stripes = np.where((coord // period[:, None, None]) % 2 == 0, 25.0, -25.0)
+    img = _PALETTE[labels][:, :, None, None] + stripes[:, None] \
+        + rng.normal(0, 12, (len(labels), 3, 32, 32))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _batch(n: int, label: str, rng: np.random.Generator) -> dict:
+    labels = rng.permutation(np.arange(n) % 10)
+    return {"batch_label": label,
+            "labels": [int(y) for y in labels],
+            "data": _images(labels, rng).reshape(n, 3072),
+            "filenames": [f"{CLASSES[y]}_s_{rng.integers(10**6):06d}.png" for y in labels]}
+
+
+def cifar_members(n_per_batch: int = 40, n_test: int = 40, seed: int = 0) -> dict[str, Any]:
+    """The archive's members, keyed by name inside `cifar-10-batches-py/`, as Python objects."""
+    rng = np.random.default_rng(seed)
+    members: dict[str, Any] = {
+        name: _batch(n_per_batch, f"training batch {i} of 5", rng)
+        for i, name in enumerate(TRAIN_BATCHES, 1)}
+    members["test_batch"] = _batch(n_test, "testing batch 1 of 1", rng)
+    members["batches.meta"] = {"label_names": list(CLASSES),
+                               "num_cases_per_batch": n_per_batch, "num_vis": 3072}
+    members["readme.html"] = b"<html><body>test copy of CIFAR-10</body></html>\n"
+    return members
+
+
+def expected_arrays(n_per_batch: int = 40, n_test: int = 40, seed: int = 0) -> dict:
+    """What the download stage should produce from `write_cifar_archive` with these arguments."""
+    m = cifar_members(n_per_batch, n_test, seed)
+    train = [m[n] for n in TRAIN_BATCHES]
+    return {"x_train": np.concatenate([b["data"] for b in train]).reshape(-1, 3, 32, 32),
+            "y_train": np.concatenate([b["labels"] for b in train]).astype(np.int64),
+            "x_test": m["test_batch"]["data"].reshape(-1, 3, 32, 32),
+            "y_test": np.array(m["test_batch"]["labels"], dtype=np.int64),
+            "classes": list(CLASSES)}
+
+
+def _tarinfo(name: str, **attrs: Any) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mtime, info.mode = 1_262_304_000, 0o644
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    return info
+
+
+def write_cifar_archive(path: str | Path, *, n_per_batch: int = 40, n_test: int = 40,
+                        seed: int = 0,
+                        mutate: Callable[[dict[str, Any]], None] | None = None) -> str:
+    """Write a small CIFAR-10 python archive to `path`; return its MD5 (hex).
+
+    `mutate(members)` may edit the member dict in place before writing. Keys are names inside
+    `cifar-10-batches-py/` (so `"../evil.txt"` yields `cifar-10-batches-py/../evil.txt`);
+    a value that is `bytes` is written raw, a `TarEntry` as that kind of entry, and anything
+    else is pickled as Python 2 did (protocol 2). Same arguments give the same bytes.
+    """
+    members = cifar_members(n_per_batch, n_test, seed)
+    if mutate is not None:
+        mutate(members)
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(_tarinfo(ROOT, type=tarfile.DIRTYPE, mode=0o755))
+        for name, value in members.items():
+            arcname = f"{ROOT}/{name}"
+            if isinstance(value, TarEntry):
+                tar.addfile(_tarinfo(arcname, type=value.type, linkname=value.linkname))
+                continue
+            raw = value if isinstance(value, bytes) else py2_pickle(value)
+            tar.addfile(_tarinfo(arcname, size=len(raw)), io.BytesIO(raw))
+    Path(path).write_bytes(buf.getvalue())
+    return hashlib.md5(buf.getvalue()).hexdigest()
+
+
+def write_params(path: str | Path, raw: dict) -> Path:
+    path = Path(path)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
+    """The default archive (40 images per batch), written once per session. Do not modify."""
+    path = tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz"
+    return Archive(path, write_cifar_archive(path))
+
+
+@pytest.fixture(scope="session")
+def _params_raw() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def params_dict(_params_raw: dict) -> dict:
+    """The project's real params.yaml as a dict, a fresh copy per test."""
+    return copy.deepcopy(_params_raw)

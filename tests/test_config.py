@@ -1,0 +1,132 @@
+"""params.yaml validation: every mistake is one ConfigError line that names the key."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECT_ROOT, write_params
+
+from vitlens.config import ConfigError, Params, load_params, parse_params
+
+_MISSING = object()
+
+
+def edited(raw: dict, key: str, value: Any = _MISSING) -> dict:
+    """`raw` with `section.key` (or a whole `section`) set to `value`, or deleted if omitted."""
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    if value is _MISSING:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+def test_real_params_load() -> None:
+    p = load_params(PROJECT_ROOT / "params.yaml")
+    assert isinstance(p, Params)
+    assert (p.model.image_size, p.model.patch_size) == (32, 4)
+    assert p.model.dim % p.model.heads == 0
+    assert isinstance(p.train.lr, float) and isinstance(p.train.epochs, int)
+
+
+def test_int_is_accepted_and_stored_as_float(params_dict: dict) -> None:
+    p = parse_params(edited(params_dict, "train.lr", 1))
+    assert p.train.lr == 1.0 and type(p.train.lr) is float
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.epoch", 10, "train.epoch is not a known key (known: epochs, batch_size"),
+    ("optimizer", {"lr": 1}, "optimizer is not a known section (known: data, model"),
+    ("model.depth", _MISSING, "model.depth is missing"),
+    ("evaluate", _MISSING, "section evaluate is missing"),
+    ("model", [1, 2], "model must be a mapping of keys to values, got [1, 2]"),
+    ("train.epochs", "ten", "train.epochs='ten' must be an integer"),
+    ("train.epochs", True, "train.epochs=True must be an integer"),
+    ("train.epochs", 2.5, "train.epochs=2.5 must be an integer"),
+    ("train.flip", 1, "train.flip=1 must be a boolean"),
+    ("train.lr", "fast", "train.lr='fast' must be a number"),
+    ("data.url", None, "data.url=None must be a string"),
+    ("visualize.indices", [1, "2"], "visualize.indices=[1, '2'] must be a list of integers"),
+    ("train.lr", -1, "train.lr=-1 must be > 0"),
+    ("train.lr", 0, "train.lr=0 must be > 0"),
+    ("model.dropout", 1.5, "model.dropout=1.5 must be < 1"),
+    ("model.depth", 0, "model.depth=0 must be >= 1"),
+    ("data.retries", 11, "data.retries=11 must be <= 10"),
+    ("train.device", "tpu", "train.device='tpu' must be one of auto, cpu, cuda, mps"),
+    ("model.image_size", 30, "model.image_size=30 must be divisible by model.patch_size=4"),
+    ("train.warmup_epochs", 100, "train.warmup_epochs=100 must be <= train.epochs=20"),
+    ("train.min_lr", 0.5, "train.min_lr=0.5 must be <= train.lr=0.001"),
+    ("data.md5", "c58f30108f718f92721af3b95e74349", "data.md5='c58f30108f718f92721af3b95e74349' "
+     "must be 32 hex digits"),
+    ("data.md5", "z" * 32, "must be 32 hex digits"),
+])
+def test_invalid_value_names_the_key(params_dict: dict, key: str, value: Any,
+                                     message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_params(edited(params_dict, key, value))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_dim_not_divisible_by_heads_exact_message(params_dict: dict) -> None:
+    params_dict["model"].update(dim=190, heads=3)
+    with pytest.raises(ConfigError) as e:
+        parse_params(params_dict)
+    assert str(e.value) == "model.dim=190 must be divisible by model.heads=3"
+
+
+def test_upper_case_md5_is_valid(params_dict: dict) -> None:
+    assert parse_params(edited(params_dict, "data.md5", "C58F30108F718F92721AF3B95E74349A"))
+
+
+@pytest.mark.parametrize("text,message", [
+    (None, "not found: run from the project root"),
+    ("model: [unclosed\n", "is not valid YAML"),
+    ("", "params.yaml must hold a mapping of sections"),
+    ("- a\n- b\n", "params.yaml must hold a mapping of sections"),
+])
+def test_unreadable_params_file(tmp_path: Path, text: str | None, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)
+
+
+def test_flat_keys(params_dict: dict) -> None:
+    flat = parse_params(params_dict).flat()
+    assert flat["model.dim"] == 192 and flat["train.flip"] is True
+    assert flat["data.md5"] == params_dict["data"]["md5"]
+    n_keys = sum(len(section) for section in params_dict.values())
+    assert len(flat) == n_keys and all(k.count(".") == 1 for k in flat)
+
+
+def test_digest_tracks_only_its_sections(params_dict: dict) -> None:
+    base = parse_params(params_dict)
+    assert base.digest("model") == parse_params(params_dict).digest("model")
+    more_epochs = parse_params(edited(params_dict, "train.epochs", 21))
+    assert more_epochs.digest("model") == base.digest("model")
+    assert more_epochs.digest("model", "train") != base.digest("model", "train")
+    wider = parse_params(edited(params_dict, "model.dim", 195))
+    assert wider.digest("model") != base.digest("model")
+
+
+@pytest.mark.parametrize("key,value", [("train.epoch", 5), ("model.dropout", 1.5)])
+def test_download_stage_rejects_bad_params(tmp_path: Path, params_dict: dict,
+                                           key: str, value: Any) -> None:
+    params = write_params(tmp_path / "params.yaml", edited(params_dict, key, value))
+    out = tmp_path / "data" / "cifar10.npz"
+    r = subprocess.run([sys.executable, "-m", "vitlens.stages.download", "--params", str(params),
+                        "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], r.stderr
+    assert r.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == [params]

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from vitlens.config import ModelConfig
+from vitlens.data import random_crop_flip
+from vitlens.model import ViT, build_model, param_groups
+
+
+def tiny(**kw) -> ViT:
+    args = dict(image_size=32, patch_size=4, num_classes=10, dim=32, depth=2, heads=4,
+                mlp_ratio=2.0)
+    return ViT(**{**args, **kw})
+
+
+def test_forward_shapes_and_attention_weights():
+    model = tiny().eval()
+    x = torch.randn(3, 3, 32, 32)
+    logits, attns = model(x, return_attn=True)
+    assert model(x).shape == logits.shape == (3, 10)
+    assert len(attns) == 2
+    for a in attns:
+        assert a.shape == (3, 4, 65, 65)
+        torch.testing.assert_close(a.sum(-1), torch.ones(3, 4, 65))
+
+
+def test_fused_and_explicit_attention_agree():
+    torch.manual_seed(0)
+    model = tiny(dropout=0.1, attn_dropout=0.1, drop_path=0.1).eval()
+    x = torch.randn(4, 3, 32, 32)
+    fused = model(x)
+    explicit, _ = model(x, return_attn=True)
+    torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-5)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = tiny(drop_path=0.0)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing
+
+
+def test_build_model_reads_config():
+    cfg = ModelConfig(image_size=32, patch_size=8, dim=48, depth=3, heads=3, mlp_ratio=1.5,
+                      dropout=0.0, attn_dropout=0.0, drop_path=0.0)
+    model = build_model(cfg, num_classes=7)
+    assert model.grid == 4 and len(model.blocks) == 3
+    assert model.blocks[0].mlp[0].out_features == 72
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_constructor_asserts_name_the_problem():
+    with pytest.raises(AssertionError, match="divisible by patch size"):
+        tiny(patch_size=5)
+    with pytest.raises(AssertionError, match="divisible by heads"):
+        tiny(dim=30, heads=4)
+
+
+def test_weight_decay_only_on_matrices():
+    model = tiny()
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "cls_token" not in decayed and "pos_embed" not in decayed
+    assert not any(n.endswith(".bias") or "norm" in n for n in decayed)
+    assert "patch_embed.weight" in decayed and "head.weight" in decayed
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_crop_flip_moves_whole_images_only():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).view(2, 3, 32, 32).to(torch.uint8)
+    same = random_crop_flip(x, padding=0, flip=False, generator=g)
+    assert torch.equal(same, x)
+    out = random_crop_flip(x, padding=4, flip=True, generator=g)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    # A crop of the zero-padded image: every output pixel is 0 or a pixel of the same image.
+    for i in range(2):
+        values = set(x[i].flatten().tolist()) | {0}
+        assert set(out[i].flatten().tolist()) <= values
+
+
+def test_crop_is_a_shift_of_the_padded_image():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(1, 255, (16, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(x, padding=4, flip=False, generator=g)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(16):
+        hits = [(dy, dx) for dy in range(9) for dx in range(9)
+                if torch.equal(padded[i, :, dy:dy + 32, dx:dx + 32], out[i])]
+        assert hits, f"image {i} is not a crop of its padded self"
