@@ -175,3 +175,61 @@ def _params_raw() -> dict:
 def params_dict(_params_raw: dict) -> dict:
     """The project's real params.yaml as a dict, a fresh copy per test."""
     return copy.deepcopy(_params_raw)
+
+
+def shrink(raw: dict, archive: Archive) -> dict:
+    """The real params, shrunk so the real code path runs in seconds on a CPU."""
+    raw["data"].update(url=str(archive.path), md5=archive.md5, val_size=40, train_subset=0)
+    raw["model"].update(dim=32, depth=2, heads=2, mlp_ratio=2.0, drop_path=0.0)
+    raw["train"].update(epochs=3, batch_size=32, warmup_epochs=0.5, lr=0.002, device="cpu",
+                        compile=False, threads=0, nproc=1)
+    raw["evaluate"].update(batch_size=64)
+    raw["visualize"].update(num_images=4, distance_images=48)
+    raw["tracking"].update(experiment="tests", log_model=True)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def train_archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
+    """A larger learnable archive (400 training + 100 test images) for training tests."""
+    path = tmp_path_factory.mktemp("cifar-train") / "cifar-10-python.tar.gz"
+    return Archive(path, write_cifar_archive(path, n_per_batch=80, n_test=100))
+
+
+@pytest.fixture(scope="session")
+def cifar_npz(train_archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vitlens.cifar import prepare
+
+    out = tmp_path_factory.mktemp("data") / "cifar10.npz"
+    prepare(str(train_archive.path), train_archive.md5, out, retries=0, timeout_s=5)
+    return out
+
+
+@pytest.fixture
+def tiny_params(params_dict: dict, train_archive: Archive):
+    """Validated tiny Params; `tiny_params(**{"train.epochs": 2})` overrides keys."""
+    from vitlens.config import parse_params
+
+    def make(**overrides: Any):
+        raw = shrink(copy.deepcopy(params_dict), train_archive)
+        for key, value in overrides.items():
+            section, name = key.split(".")
+            raw[section][name] = value
+        return parse_params(raw)
+    return make
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite MLflow store for the session (creating one costs seconds of migrations),
+    with the test experiment's artifacts inside it."""
+    from vitlens import tracking
+
+    root = tmp_path_factory.mktemp("mlflow")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.setenv("DVC_ROOT", str(root))
+    tracking._experiment_id(tracking._client(), "tests")
+    mp.delenv("DVC_ROOT")
+    yield root
+    mp.undo()

@@ -163,7 +163,7 @@ class EpochStats:
 def _check_finite(loss: Tensor, epoch: int, step: int) -> float:
     value = loss.item()
     if not math.isfinite(value):
-        raise VitlensError(f"training loss is {value} at epoch {epoch} step {step}; "
+        raise VitlensError(f"training loss is {value} (NaN or infinite) at epoch {epoch} step {step}; "
                            "lower train.lr or raise train.warmup_epochs")
     return value
 

@@ -1,0 +1,176 @@
+import math
+
+import pytest
+import torch
+
+from vitlens import training
+from vitlens.cifar import load_arrays
+from vitlens.errors import VitlensError
+from vitlens.stages.train import run_training
+
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+def metrics_only(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+def fit(params, cifar_npz, tmp_path, state=None):
+    return training.train(params, load_arrays(cifar_npz), checkpoint=tmp_path / "ckpt.pt",
+                          state=state)
+
+
+def stage(params, cifar_npz, tmp_path):
+    out = tmp_path / "models" / "model.pt"
+    run_training(params, cifar_npz, out, tmp_path / "history.csv", tmp_path / "ckpt.pt")
+    return torch.load(out, weights_only=True)
+
+
+def test_tiny_run_learns(tiny_params, cifar_npz, tmp_path):
+    h = fit(tiny_params(**{"train.epochs": 4}), cifar_npz, tmp_path).history
+    assert [r["epoch"] for r in h] == [1, 2, 3, 4]
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    assert h[-1]["val_acc"] > 0.3  # 10 classes: chance is 0.1
+    assert all(r["images_per_second"] > 0 and r["lr"] > 0 for r in h)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [training.lr_at(s, total=100, warmup=10, lr=1.0, min_lr=0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_same_params_same_metrics(tiny_params, cifar_npz, tmp_path):
+    p = tiny_params(**{"model.dropout": 0.1, "model.drop_path": 0.1})
+    a = fit(p, cifar_npz, tmp_path / "a")
+    b = fit(p, cifar_npz, tmp_path / "b")
+    assert metrics_only(a.history) == metrics_only(b.history)
+
+
+class Crash(KeyboardInterrupt):
+    pass
+
+
+def crash_after(monkeypatch, epochs: int):
+    """Let `epochs` checkpoints be written, then die as a kill would."""
+    real = training.save_checkpoint
+    calls = []
+
+    def save_then_maybe_die(state, path):
+        real(state, path)
+        calls.append(state["epoch"])
+        if len(calls) == epochs:
+            raise Crash()
+    monkeypatch.setattr(training, "save_checkpoint", save_then_maybe_die)
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tiny_params, cifar_npz, tmp_path,
+                                                      monkeypatch):
+    p = tiny_params(**{"tracking.enabled": False, "model.dropout": 0.1})
+    straight = stage(p, cifar_npz, tmp_path / "straight")
+
+    crash_after(monkeypatch, 2)
+    with pytest.raises(Crash):
+        stage(p, cifar_npz, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "models" / "model.pt").exists()
+    assert training.load_checkpoint(tmp_path / "resumed" / "ckpt.pt",
+                                    training.checkpoint_digest(p))["epoch"] == 2
+    monkeypatch.undo()
+    resumed = stage(p, cifar_npz, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "ckpt.pt").exists()
+    assert metrics_only(resumed["history"]) == metrics_only(straight["history"])
+    for k, v in straight["state_dict"].items():
+        assert torch.equal(v, resumed["state_dict"][k]), k
+
+
+def test_checkpoint_from_other_params_is_not_resumed(tiny_params, cifar_npz, tmp_path,
+                                                     monkeypatch, capsys):
+    p = tiny_params(**{"tracking.enabled": False})
+    crash_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        stage(p, cifar_npz, tmp_path)
+    monkeypatch.undo()
+    other = tiny_params(**{"tracking.enabled": False, "train.lr": 0.001})
+    assert training.load_checkpoint(tmp_path / "ckpt.pt", training.checkpoint_digest(other)) is None
+    assert "other params" in capsys.readouterr().out
+    rec = stage(other, cifar_npz, tmp_path)
+    fresh = stage(other, cifar_npz, tmp_path / "fresh")
+    assert metrics_only(rec["history"]) == metrics_only(fresh["history"])
+
+
+def test_model_file_rebuilds_the_model(tiny_params, cifar_npz, tmp_path):
+    p = tiny_params(**{"tracking.enabled": False, "train.epochs": 1})
+    stage(p, cifar_npz, tmp_path)
+    model, rec = training.load_model(tmp_path / "models" / "model.pt")
+    assert rec["classes"][0] == "airplane" and len(rec["mean"]) == 3
+    assert rec["params"]["model"]["dim"] == 32 and rec["model_config"]["depth"] == 2
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_history_csv_has_every_epoch(tiny_params, cifar_npz, tmp_path):
+    stage(tiny_params(**{"tracking.enabled": False}), cifar_npz, tmp_path)
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[0] == ("epoch,train_loss,train_acc,val_loss,val_acc,lr,epoch_seconds,"
+                        "images_per_second")
+    assert len(lines) == 4
+
+
+def nan_head(monkeypatch):
+    real = training.build_model
+
+    def build(cfg, n):
+        model = real(cfg, n)
+        torch.nn.init.constant_(model.head.bias, math.nan)
+        return model
+    monkeypatch.setattr(training, "build_model", build)
+
+
+def test_nan_loss_stops_and_marks_run_failed(tiny_params, cifar_npz, tmp_path, monkeypatch,
+                                             mlflow_store):
+    from mlflow.tracking import MlflowClient
+    nan_head(monkeypatch)
+    with pytest.raises(VitlensError, match="NaN or infinite"):
+        stage(tiny_params(), cifar_npz, tmp_path)
+    assert not (tmp_path / "models" / "model.pt").exists()
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("tests").experiment_id],
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    assert runs[0].info.status == "FAILED"
+
+
+def test_interrupt_marks_run_killed(tiny_params, cifar_npz, tmp_path, monkeypatch,
+                                    mlflow_store):
+    from mlflow.tracking import MlflowClient
+    crash_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        stage(tiny_params(), cifar_npz, tmp_path)
+    client = MlflowClient()
+    run_id = torch.load(tmp_path / "ckpt.pt", weights_only=True)["run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+    monkeypatch.undo()
+    rec = stage(tiny_params(), cifar_npz, tmp_path)
+    assert rec["mlflow_run_id"] == run_id  # the resumed training continues the same run
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "val/accuracy")]
+    assert sorted(steps) == [1, 2, 3]
+
+
+def test_mlflow_run_holds_params_metrics_and_model(tiny_params, cifar_npz, tmp_path,
+                                                   mlflow_store):
+    from mlflow.tracking import MlflowClient
+    rec = stage(tiny_params(), cifar_npz, tmp_path)
+    client = MlflowClient()
+    run = client.get_run(rec["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.dim"] == "32" and run.data.params["train.epochs"] == "3"
+    assert run.data.tags["torch_version"] == torch.__version__
+    assert run.data.tags["device"] == "cpu" and "git_commit" in run.data.tags
+    history = client.get_metric_history(run.info.run_id, "val/accuracy")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
+        [r["val_acc"] for r in rec["history"]]
+    assert "history" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert len(models) == 1
+    assert models[0].artifact_location.startswith((mlflow_store / "mlartifacts").as_uri())
