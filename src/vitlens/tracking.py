@@ -98,7 +98,12 @@ class Run:
 
 
 def _client() -> Any:
+    """A client on the project store; mlflow's global URI is pointed there too, since
+    `mlflow.pytorch.log_model` logs through it (its default is relative to the cwd)."""
+    import mlflow
     from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
     return MlflowClient(tracking_uri=tracking_uri())
 
 

@@ -1,0 +1,399 @@
+"""Benchmarks, in one process: our ViT vs timm's per full train step, our on-device batch
+pipeline vs a per-image torchvision DataLoader, and (CUDA only) a 20-epoch time estimate,
+eager vs torch.compile. Writes reports/bench.json and prints the tables.
+
+Timings are medians; the contenders run in alternating rounds (A, B, B, A, ...) so that
+drifting background load hits every side alike.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from vitlens.config import ModelConfig, Params, load_params
+from vitlens.data import Split, batches, channel_stats, random_crop_flip
+from vitlens.errors import VitlensError, run_main
+from vitlens.io import write_json
+from vitlens.model import build_model, param_groups
+from vitlens.training import Normalizer, autocast, pick_device
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 32        # pixels; the pipelines produce CIFAR-sized images whatever the model
+CIFAR_TRAIN = 50_000   # CIFAR-10 training images, before the validation split
+EVAL_BATCH = 500       # images per forward pass of training.predict's validation pass
+DATALOADER_WORKERS = (0, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    batch_size: int
+    steps: int           # timed train steps per model
+    warmup: int          # untimed train steps per model first
+    rounds: int          # alternating blocks the timed steps are split into
+    images: int          # synthetic uint8 images per pipeline epoch
+    pipeline_epochs: int  # timed epochs per pipeline, one per round, after one untimed
+    model: ModelConfig   # as trained (dropout, drop path) for the epoch estimate
+
+
+QUICK_MODEL = ModelConfig(image_size=IMAGE_SIZE, patch_size=8, dim=32, depth=1, heads=2,
+                          mlp_ratio=2.0, dropout=0.0, attn_dropout=0.0, drop_path=0.0)
+
+
+def settings(args: argparse.Namespace, params: Params) -> Settings:
+    """Defaults from params.yaml (batch size, model); --quick shrinks everything."""
+    if args.quick:
+        s = Settings(batch_size=16, steps=2, warmup=1, rounds=2, images=256,
+                     pipeline_epochs=2, model=QUICK_MODEL)
+    else:
+        s = Settings(batch_size=params.train.batch_size, steps=20, warmup=3, rounds=4,
+                     images=10_000, pipeline_epochs=4, model=params.model)
+    given = {"batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup}
+    s = dataclasses.replace(s, **{k: v for k, v in given.items() if v is not None})
+    if min(s.batch_size, s.steps) < 1 or s.warmup < 0:
+        raise VitlensError("--batch-size and --steps must be >= 1, --warmup >= 0")
+    if s.batch_size > s.images:
+        raise VitlensError(f"--batch-size {s.batch_size} must be <= the {s.images} "
+                           "synthetic pipeline images")
+    return s
+
+
+# --- timing -----------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> list[float]:
+    """Seconds of each of `n` calls, each ended by a device sync (CUDA runs asynchronously)."""
+    out = []
+    for _ in range(n):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def alternate(fns: dict[str, Callable[[], Any]], *, n: int, rounds: int,
+              device: torch.device) -> dict[str, list[float]]:
+    """`n` timed calls of every fn, split into `rounds` blocks whose order flips each round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    rounds = max(1, min(rounds, n))
+    for r in range(rounds):
+        k = n // rounds + (r < n % rounds)
+        for name in order if r % 2 == 0 else order[::-1]:
+            times[name] += time_calls(fns[name], k, device)
+    return times
+
+
+def summary(seconds: list[float], images: int) -> dict[str, Any]:
+    """Median seconds per call and the images/s it gives; `images` per call."""
+    median = statistics.median(seconds)
+    return {"images_per_second": images / median, "median_s": median, "seconds": seconds}
+
+
+# --- 1. train step: our ViT vs timm ---------------------------------------------------------
+
+def timm_vit(cfg: ModelConfig) -> nn.Module:
+    """timm's VisionTransformer with our sizes and layout, so the parameter counts match."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        raise VitlensError("timm is not installed: pip install -e '.[dev]'") from None
+    return VisionTransformer(
+        img_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=NUM_CLASSES,
+        embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=True, class_token=True, global_pool="token", pre_norm=False,
+        drop_rate=0.0, pos_drop_rate=0.0, proj_drop_rate=0.0, attn_drop_rate=0.0,
+        drop_path_rate=0.0)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def train_step(model: nn.Module, batch: Callable[[], tuple[Tensor, Tensor]], params: Params,
+               device: torch.device) -> Callable[[], None]:
+    """One optimizer step as training.train takes it: AdamW on the same param groups,
+    autocast, label-smoothed cross-entropy, gradient clipping."""
+    t = params.train
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr)
+
+    def step() -> None:
+        x, y = batch()
+        model.train()
+        with autocast(device):
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=t.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+    return step
+
+
+def bench_models(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
+    # Regularisation off in both: timm's drop path draws per block, ours per block too, but
+    # the comparison is of the architecture's cost, not of the random masks.
+    cfg = dataclasses.replace(s.model, dropout=0.0, attn_dropout=0.0, drop_path=0.0)
+    torch.manual_seed(0)
+    x = torch.randn(s.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+    y = torch.randint(0, NUM_CLASSES, (s.batch_size,), device=device)
+    models = {"ours": build_model(cfg, NUM_CLASSES).to(device), "timm": timm_vit(cfg).to(device)}
+    steps = {name: train_step(m, lambda: (x, y), params, device) for name, m in models.items()}
+    for step in steps.values():
+        time_calls(step, s.warmup, device)
+    times = alternate(steps, n=s.steps, rounds=s.rounds, device=device)
+    out: dict[str, Any] = {name: {"params": count_params(models[name]),
+                                  **summary(times[name], s.batch_size)} for name in models}
+    out["ratio_ours_over_timm"] = (out["ours"]["images_per_second"]
+                                   / out["timm"]["images_per_second"])
+    return out
+
+
+# --- 2. data pipeline: on-device batches vs a per-image DataLoader ----------------------------
+
+def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3, 32, 32) uint8 noise images and int64 labels, so no dataset is needed."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    return x, rng.integers(0, NUM_CLASSES, n, dtype=np.int64)
+
+
+class PilImages(Dataset):
+    """torchvision.datasets.CIFAR10's per-item path: an HWC uint8 array -> PIL -> transform."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform: Callable[[Image.Image], Tensor]):
+        self.x, self.y, self.transform = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def per_image_transform(padding: int, flip: bool, norm: Normalizer) -> transforms.Compose:
+    steps: list[Callable] = [transforms.RandomCrop(IMAGE_SIZE, padding=padding)] if padding else []
+    steps += [transforms.RandomHorizontalFlip()] if flip else []
+    return transforms.Compose([*steps, transforms.ToTensor(),
+                               transforms.Normalize(norm.mean, norm.std)])
+
+
+def ours_epoch(split: Split, norm: Normalizer, params: Params, batch_size: int,
+               device: torch.device) -> Callable[[], None]:
+    t = params.train
+    order = torch.Generator(device).manual_seed(0)
+    augment = torch.Generator(device).manual_seed(1)
+
+    def epoch() -> None:
+        for xb, _ in batches(split, batch_size, generator=order, drop_last=True):
+            norm(random_crop_flip(xb, padding=t.crop_padding, flip=t.flip, generator=augment))
+    return epoch
+
+
+def loader_epoch(loader: DataLoader, device: torch.device) -> Callable[[], None]:
+    def epoch() -> None:
+        for xb, yb in loader:
+            xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    return epoch
+
+
+def bench_pipelines(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
+    x, y = synthetic_images(s.images)
+    norm = Normalizer(*channel_stats(x))
+    ds = PilImages(x, y, per_image_transform(params.train.crop_padding, params.train.flip, norm))
+    split = Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+    epochs = {"ours": ours_epoch(split, norm, params, s.batch_size, device)}
+    for w in DATALOADER_WORKERS:
+        # Persistent workers: the untimed first epoch pays their start-up, not the timed ones.
+        loader = DataLoader(ds, batch_size=s.batch_size, shuffle=True, drop_last=True,
+                            num_workers=w, persistent_workers=w > 0,
+                            pin_memory=device.type == "cuda")
+        epochs[f"dataloader_{w}_workers"] = loader_epoch(loader, device)
+    for epoch in epochs.values():
+        epoch()
+    times = alternate(epochs, n=s.pipeline_epochs, rounds=s.pipeline_epochs, device=device)
+    per_epoch = (s.images // s.batch_size) * s.batch_size
+    out: dict[str, Any] = {"images": s.images, "workers": list(DATALOADER_WORKERS),
+                           **{name: summary(t, per_epoch) for name, t in times.items()}}
+    best = max(out[f"dataloader_{w}_workers"]["images_per_second"] for w in DATALOADER_WORKERS)
+    out["ratio_ours_over_best_dataloader"] = out["ours"]["images_per_second"] / best
+    return out
+
+
+# --- 3. CUDA: a 20-epoch estimate, eager vs torch.compile -------------------------------------
+
+def bench_epochs(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
+    """Seconds per epoch of the model as trained, from measured train and validation steps."""
+    if device.type != "cuda":
+        return {"skipped": f"needs a CUDA device (bf16, torch.compile); ran on {device.type}"}
+    t = params.train
+    train_images = CIFAR_TRAIN - params.data.val_size
+    steps_per_epoch = train_images // s.batch_size  # training drops the last partial batch
+    val_batches = math.ceil(params.data.val_size / EVAL_BATCH)
+    x, y = synthetic_images(max(s.batch_size, EVAL_BATCH))
+    xb = torch.from_numpy(x).to(device)
+    yb = torch.from_numpy(y).to(device)
+    norm = Normalizer(*channel_stats(x))
+    augment = torch.Generator(device).manual_seed(1)
+
+    def batch() -> tuple[Tensor, Tensor]:
+        xa = random_crop_flip(xb[:s.batch_size], padding=t.crop_padding, flip=t.flip,
+                              generator=augment)
+        return norm(xa), yb[:s.batch_size]
+
+    torch.manual_seed(0)
+    models = {"eager": build_model(s.model, NUM_CLASSES).to(device),
+              "compiled": build_model(s.model, NUM_CLASSES).to(device)}
+    fwds = {"eager": models["eager"], "compiled": torch.compile(models["compiled"])}
+    steps = {name: train_step(fwds[name], batch, params, device) for name in fwds}
+    first = {name: time_calls(step, 1, device)[0] for name, step in steps.items()}
+    for step in steps.values():
+        time_calls(step, s.warmup, device)
+    times = alternate(steps, n=s.steps, rounds=s.rounds, device=device)
+
+    model = models["eager"].eval()  # training.predict validates with the uncompiled model
+    val_x = norm(xb[:EVAL_BATCH])
+
+    @torch.no_grad()
+    def validate() -> None:
+        with autocast(device):
+            model(val_x).float().cpu()
+    time_calls(validate, s.warmup, device)
+    val_s = statistics.median(time_calls(validate, max(s.steps // 2, 1), device))
+
+    out: dict[str, Any] = {"train_images": train_images, "val_images": params.data.val_size,
+                           "epochs": t.epochs, "steps_per_epoch": steps_per_epoch,
+                           "val_batch_seconds": val_s}
+    for name, sec in times.items():
+        r = summary(sec, s.batch_size)
+        epoch_s = steps_per_epoch * r["median_s"] + val_batches * val_s
+        out[name] = {**r, "first_step_s": first[name], "epoch_s": epoch_s,
+                     "total_s": first[name] + t.epochs * epoch_s}
+    return out
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import timm
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {"device": str(device), "device_name": name, "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__}
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """A markdown table; every column but the first right-aligned."""
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
+
+
+def sizes(m: dict[str, Any]) -> str:
+    return (f"dim {m['dim']}, depth {m['depth']}, heads {m['heads']}, patch {m['patch_size']}, "
+            f"mlp x{m['mlp_ratio']:g}, image {m['image_size']}")
+
+
+def report(r: dict[str, Any]) -> str:
+    e, c, m, p, ep = r["environment"], r["config"], r["models"], r["pipeline"], r["epochs"]
+    load = e["load_average_1m"]
+    lines = [f"# vitlens bench: {e['device_name']} ({e['device']}, {e['threads']} threads, "
+             f"{e['precision']}), torch {e['torch']}, timm {e['timm']}",
+             f"batch {c['batch_size']}, {c['warmup']} warm-up + {c['steps']} timed steps per "
+             f"model in {c['rounds']} alternating rounds; model {sizes(c['model'])}",
+             f"1-minute load average: {load['before']:.2f} before, {load['after']:.2f} after", "",
+             table([[name, f"{m[k]['params']:,}", f"{m[k]['images_per_second']:.1f}",
+                     f"{m[k]['median_s'] * 1e3:.1f}"]
+                    for k, name in (("ours", "vitlens ViT"), ("timm", "timm VisionTransformer"))],
+                   ["train step", "params", "images/s", "median ms/step"]),
+             f"\nours / timm: {m['ratio_ours_over_timm']:.2f}x", "",
+             table([[name, f"{p[k]['images_per_second']:,.0f}", f"{p[k]['median_s'] * 1e3:.1f}"]
+                    for k, name in [("ours", "vitlens on-device crop/flip + normalise"),
+                                    *((f"dataloader_{w}_workers",
+                                       f"DataLoader, per-image PIL transforms, {w} workers")
+                                      for w in p["workers"])]],
+                   [f"data pipeline ({p['images']:,} images)", "images/s", "median ms/epoch"]),
+             f"\nours / best DataLoader: {p['ratio_ours_over_best_dataloader']:.1f}x", ""]
+    if "skipped" in ep:
+        lines.append(f"20-epoch estimate skipped: {ep['skipped']}")
+    else:
+        lines += [table([[k, f"{ep[k]['images_per_second']:,.0f}", f"{ep[k]['first_step_s']:.1f}",
+                          f"{ep[k]['epoch_s']:.1f}", f"{ep[k]['total_s']:.0f}"]
+                         for k in ("eager", "compiled")],
+                        [f"{ep['epochs']}-epoch estimate ({ep['train_images']:,} train + "
+                         f"{ep['val_images']:,} val images/epoch)", "train images/s",
+                         "first step s", "s/epoch", f"s for {ep['epochs']} epochs"])]
+    return "\n".join(lines)
+
+
+def run_bench(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+    load_before = os.getloadavg()[0]
+    result = {"environment": environment(device),
+                "config": {"batch_size": s.batch_size, "steps": s.steps, "warmup": s.warmup,
+                         "rounds": s.rounds, "pipeline_epochs": s.pipeline_epochs,
+                         "model": dataclasses.asdict(s.model)},
+              "models": bench_models(params, s, device),
+              "pipeline": bench_pipelines(params, s, device),
+              "epochs": bench_epochs(params, s, device)}
+    # Other processes' CPU load skews CPU timings: record it to judge the numbers by.
+    result["environment"]["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", type=Path, default=Path("reports/bench.json"))
+    ap.add_argument("--batch-size", type=int, help="images per step (default: train.batch_size)")
+    ap.add_argument("--steps", type=int, help="timed train steps per model (default: 20)")
+    ap.add_argument("--warmup", type=int, help="untimed steps per model first (default: 3)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--quick", action="store_true", help="tiny sizes and steps, for tests")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    result = run_bench(params, settings(args, params), pick_device(args.device))
+    write_json(args.out, result)
+    print(report(result))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)
