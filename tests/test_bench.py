@@ -69,13 +69,13 @@ def test_pipelines_produce_the_same_batches():
     t = load_params(PARAMS).train
     x, y = bench.synthetic_images(8)
     norm = Normalizer(*channel_stats(x))
-    ds = bench.PilImages(x, y, bench.per_image_transform(t.crop_padding, t.flip, norm))
+    ds = bench.TransformedImages(x, y, bench.per_image_transform(t.crop_padding, t.flip, norm))
     theirs = torch.stack([ds[i][0] for i in range(8)])
     ours = norm(random_crop_flip(torch.from_numpy(x), padding=t.crop_padding, flip=t.flip,
                                  generator=torch.Generator().manual_seed(0)))
     assert theirs.shape == ours.shape == (8, 3, 32, 32)
     assert theirs.dtype == ours.dtype == torch.float32
-    plain = bench.PilImages(x, y, bench.per_image_transform(0, False, norm))
+    plain = bench.TransformedImages(x, y, bench.per_image_transform(0, False, norm))
     # Without augmentation both are the same normalisation of the same pixels.
     assert torch.allclose(torch.stack([plain[i][0] for i in range(8)]),
                           norm(torch.from_numpy(x)), atol=1e-5)

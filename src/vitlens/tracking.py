@@ -161,3 +161,20 @@ def dvc_tags() -> dict[str, str]:
     """Tags that lead from an MLflow run back to its DVC experiment."""
     names = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "DVC_ROOT")
     return {n.lower(): os.environ[n] for n in names if os.environ.get(n)}
+
+
+def run_params(run_id: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The nested params a run was logged with, and its tags (to reproduce the run).
+
+    Values were logged as text; YAML reads them back as the numbers, booleans and lists
+    they were (config.parse_params accepts `1e-05`-style floats YAML 1.1 leaves as text).
+    """
+    import yaml
+
+    run = open_run(run_id)
+    data = _retry(run.client.get_run, run_id).data
+    nested: dict[str, dict[str, Any]] = {}
+    for key, text in data.params.items():
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = yaml.safe_load(text) if text else text
+    return nested, dict(data.tags)
