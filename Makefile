@@ -27,8 +27,7 @@ test-fast: setup
 	pytest -q -m "not slow"
 
 ui: setup
-	@echo "MLflow UI at http://127.0.0.1:5000 (store: sqlite:///$(CURDIR)/mlflow.db)"
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	python -m vitlens.ui
 
 bench: setup
 	python -m vitlens.bench

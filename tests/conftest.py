@@ -233,3 +233,17 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp.delenv("DVC_ROOT")
     yield root
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory, _params_raw, train_archive, cifar_npz, mlflow_store):
+    """A project directory with params.yaml and a trained tiny model."""
+    from vitlens.config import parse_params
+    from vitlens.stages.train import run_training
+
+    root = tmp_path_factory.mktemp("project")
+    raw = shrink(copy.deepcopy(_params_raw), train_archive)
+    write_params(root / "params.yaml", raw)
+    run_training(parse_params(raw), cifar_npz, root / "models/model.pt",
+                 root / "reports/train/history.csv", root / "models/checkpoint.pt")
+    return root

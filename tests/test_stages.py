@@ -1,32 +1,17 @@
 """The evaluate and visualize stages on a tiny trained model and a synthetic archive."""
-import copy
 import json
 import subprocess
 import sys
 
 import pytest
-from conftest import shrink, write_params
 from mlflow.tracking import MlflowClient
 
-from vitlens.config import parse_params
 from vitlens.stages.evaluate import run_evaluation
-from vitlens.stages.train import run_training
 from vitlens.stages.visualize import run_visualize, select_examples
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("training_curves.png", "input_grid.png", "attention_overlays.png",
            "rollout_vs_heads.png", "attention_distance.png")
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, _params_raw, train_archive, cifar_npz, mlflow_store):
-    """A project directory with params.yaml and a trained tiny model."""
-    root = tmp_path_factory.mktemp("project")
-    raw = shrink(copy.deepcopy(_params_raw), train_archive)
-    write_params(root / "params.yaml", raw)
-    run_training(parse_params(raw), cifar_npz, root / "models/model.pt",
-                 root / "reports/train/history.csv", root / "models/checkpoint.pt")
-    return root
 
 
 def assert_png(path):

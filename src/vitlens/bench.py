@@ -368,48 +368,59 @@ def pipeline_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
                    for w in p["workers"]]
 
 
-def report(r: dict[str, Any]) -> str:
-    e, c, m, p, ep = r["environment"], r["config"], r["models"], r["pipeline"], r["epochs"]
-    load = e["load_average_1m"]
-    lines = [f"# vitlens bench: {e['device_name']} ({e['device']}, {e['threads']} threads, "
-             f"{e['precision']}), torch {e['torch']}, timm {e['timm']}",
-             f"batch {c['batch_size']}, {c['warmup']} warm-up + {c['steps']} timed steps per "
-             f"model in {c['rounds']} alternating rounds; model {sizes(c['model'])}",
-             f"1-minute load average: {load['before']:.2f} before, {load['after']:.2f} after", "",
-             table([[name, f"{m[k]['params']:,}", f"{m[k]['images_per_second']:.1f}",
-                     f"{m[k]['median_s'] * 1e3:.1f}"]
-                    for k, name in (("ours", "vitlens ViT"), ("timm", "timm VisionTransformer"))],
-                   ["train step", "params", "images/s", "median ms/step"]),
-             f"\nours / timm: {m['ratio_ours_over_timm']:.2f}x", "",
-             table([[name, f"{p[k]['images_per_second']:,.0f}", f"{p[k]['median_s'] * 1e3:.1f}",
-                     f"{p[k]['images_per_second'] / p['best_dataloader_images_per_second']:.2f}x"]
-                    for k, name in pipeline_rows(p)],
-                   [f"data pipeline ({p['images']:,} images)", "images/s", "median ms/epoch",
-                    "vs best DataLoader"]),
-             f"\nours / best DataLoader: {p['ratio_ours_over_best_dataloader']:.2f}x", ""]
+def model_table(m: dict[str, Any]) -> str:
+    rows = [[name, f"{m[k]['params']:,}", f"{m[k]['images_per_second']:.1f}",
+             f"{m[k]['median_s'] * 1e3:.1f}"]
+            for k, name in (("ours", "vitlens ViT"), ("timm", "timm VisionTransformer"))]
+    return (table(rows, ["train step", "params", "images/s", "median ms/step"])
+            + f"\n\nours / timm: {m['ratio_ours_over_timm']:.2f}x")
+
+
+def pipeline_table(p: dict[str, Any]) -> str:
+    best = p["best_dataloader_images_per_second"]
+    rows = [[name, f"{p[k]['images_per_second']:,.0f}", f"{p[k]['median_s'] * 1e3:.1f}",
+             f"{p[k]['images_per_second'] / best:.2f}x"] for k, name in pipeline_rows(p)]
+    header = [f"data pipeline ({p['images']:,} images)", "images/s", "median ms/epoch",
+              "vs best DataLoader"]
+    return (table(rows, header)
+            + f"\n\nours / best DataLoader: {p['ratio_ours_over_best_dataloader']:.2f}x")
+
+
+def epoch_table(ep: dict[str, Any]) -> str:
     if "skipped" in ep:
-        lines.append(f"20-epoch estimate skipped: {ep['skipped']}")
-    else:
-        lines += [table([[k, f"{ep[k]['images_per_second']:,.0f}", f"{ep[k]['first_step_s']:.1f}",
-                          f"{ep[k]['epoch_s']:.1f}", f"{ep[k]['total_s']:.0f}"]
-                         for k in ("eager", "compiled")],
-                        [f"{ep['epochs']}-epoch estimate ({ep['train_images']:,} train + "
-                         f"{ep['val_images']:,} val images/epoch)", "train images/s",
-                         "first step s", "s/epoch", f"s for {ep['epochs']} epochs"])]
-    return "\n".join(lines)
+        return f"epoch estimate skipped: {ep['skipped']}"
+    rows = [[k, f"{ep[k]['images_per_second']:,.0f}", f"{ep[k]['first_step_s']:.1f}",
+             f"{ep[k]['epoch_s']:.1f}", f"{ep[k]['total_s']:.0f}"] for k in ("eager", "compiled")]
+    n = ep["epochs"]
+    return table(rows, [f"{n}-epoch estimate ({ep['train_images']:,} train + "
+                        f"{ep['val_images']:,} val images/epoch)", "train images/s",
+                        "first step s", "s/epoch", f"s for {n} epochs"])
+
+
+def report(r: dict[str, Any]) -> str:
+    e, c = r["environment"], r["config"]
+    load = e["load_average_1m"]
+    head = [f"# vitlens bench: {e['device_name']} ({e['device']}, {e['threads']} threads, "
+            f"{e['precision']}), torch {e['torch']}, timm {e['timm']}",
+            f"batch {c['batch_size']}, {c['warmup']} warm-up + {c['steps']} timed steps per "
+            f"model in {c['rounds']} alternating rounds; model {sizes(c['model'])}",
+            f"1-minute load average: {load['before']:.2f} before, {load['after']:.2f} after"]
+    return "\n\n".join(["\n".join(head), model_table(r["models"]),
+                         pipeline_table(r["pipeline"]), epoch_table(r["epochs"])])
 
 
 def run_bench(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     load_before = os.getloadavg()[0]
-    result = {"environment": environment(device),
-                "config": {"batch_size": s.batch_size, "steps": s.steps, "warmup": s.warmup,
-                         "rounds": s.rounds, "pipeline_epochs": s.pipeline_epochs,
-                         "model": dataclasses.asdict(s.model)},
-              "models": bench_models(params, s, device),
-              "pipeline": bench_pipelines(params, s, device),
-              "epochs": bench_epochs(params, s, device)}
+    result: dict[str, Any] = {
+        "environment": environment(device),
+        "config": {"batch_size": s.batch_size, "steps": s.steps, "warmup": s.warmup,
+                   "rounds": s.rounds, "pipeline_epochs": s.pipeline_epochs,
+                   "model": dataclasses.asdict(s.model)},
+        "models": bench_models(params, s, device),
+        "pipeline": bench_pipelines(params, s, device),
+        "epochs": bench_epochs(params, s, device)}
     # Other processes' CPU load skews CPU timings: record it to judge the numbers by.
     result["environment"]["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
     return result
