@@ -37,14 +37,16 @@ def test_both_models_train_with_matching_sizes(quick_run):
         assert models[name]["images_per_second"] > 0
         assert len(models[name]["seconds"]) == quick_run[0]["config"]["steps"]
     assert models["ours"]["params"] == pytest.approx(models["timm"]["params"], rel=0.01)
-    assert models["ratio_ours_over_timm"] > 0
+    assert models["ratio_ours_over_timm"] > 0 and models["paired_ratio_ours_over_timm"] > 0
 
 
 def test_all_pipelines_measured(quick_run):
     pipe = quick_run[0]["pipeline"]
     for name in ("ours", "dataloader_0_workers", "dataloader_2_workers"):
         assert pipe[name]["images_per_second"] > 0
+    assert pipe["best_dataloader"] in ("dataloader_0_workers", "dataloader_2_workers")
     assert pipe["ratio_ours_over_best_dataloader"] > 0
+    assert pipe["paired_ratio_ours_over_best_dataloader"] > 0
 
 
 def test_epoch_estimate_skipped_on_cpu(quick_run):

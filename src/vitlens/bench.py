@@ -59,7 +59,7 @@ def settings(args: argparse.Namespace, params: Params, device: torch.device) -> 
     """Defaults from params.yaml (batch size, model); --quick shrinks everything. A CPU step
     of the default model takes about half a second (several under load), a CUDA one ms."""
     if args.quick:
-        s = Settings(batch_size=16, steps=2, warmup=1, rounds=2, images=256,
+        s = Settings(batch_size=16, steps=2, warmup=1, rounds=2, images=128,
                      pipeline_epochs=2, model=QUICK_MODEL)
     else:
         cuda = device.type == "cuda"
@@ -98,22 +98,32 @@ def time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> list[floa
 
 
 def alternate(fns: dict[str, Callable[[], Any]], *, n: int, rounds: int,
-              device: torch.device) -> dict[str, list[float]]:
-    """`n` timed calls of every fn, split into `rounds` blocks whose order flips each round."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+              device: torch.device) -> dict[str, list[list[float]]]:
+    """`n` timed calls of every fn, split into `rounds` blocks whose order flips each round;
+    seconds by round."""
+    times: dict[str, list[list[float]]] = {name: [] for name in fns}
     order = list(fns)
     rounds = max(1, min(rounds, n))
     for r in range(rounds):
         k = n // rounds + (r < n % rounds)
         for name in order if r % 2 == 0 else order[::-1]:
-            times[name] += time_calls(fns[name], k, device)
+            times[name].append(time_calls(fns[name], k, device))
     return times
 
 
-def summary(seconds: list[float], images: int) -> dict[str, Any]:
+def summary(by_round: list[list[float]], images: int) -> dict[str, Any]:
     """Median seconds per call and the images/s it gives; `images` per call."""
+    seconds = [t for r in by_round for t in r]
     median = statistics.median(seconds)
-    return {"images_per_second": images / median, "median_s": median, "seconds": seconds}
+    return {"images_per_second": images / median, "median_s": median, "seconds": seconds,
+            "round_medians_s": [statistics.median(r) for r in by_round]}
+
+
+def paired_speedup(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Median over rounds of a's speed over b's: a round's adjacent blocks share the same
+    background load, so this ratio survives load that changes between rounds."""
+    return statistics.median(tb / ta for ta, tb in zip(a["round_medians_s"],
+                                                       b["round_medians_s"]))
 
 
 # --- 1. train step: our ViT vs timm ---------------------------------------------------------
@@ -175,6 +185,7 @@ def bench_models(params: Params, s: Settings, device: torch.device) -> dict[str,
                                   **summary(times[name], s.batch_size)} for name in models}
     out["ratio_ours_over_timm"] = (out["ours"]["images_per_second"]
                                    / out["timm"]["images_per_second"])
+    out["paired_ratio_ours_over_timm"] = paired_speedup(out["ours"], out["timm"])
     return out
 
 
@@ -264,9 +275,12 @@ def bench_pipelines(params: Params, s: Settings, device: torch.device) -> dict[s
     per_epoch = (s.images // s.batch_size) * s.batch_size
     out: dict[str, Any] = {"images": s.images, "workers": list(DATALOADER_WORKERS),
                            **{name: summary(sec, per_epoch) for name, sec in times.items()}}
-    best = max(out[f"dataloader_{w}_workers"]["images_per_second"] for w in DATALOADER_WORKERS)
-    out["best_dataloader_images_per_second"] = best
-    out["ratio_ours_over_best_dataloader"] = out["ours"]["images_per_second"] / best
+    best = max((f"dataloader_{w}_workers" for w in DATALOADER_WORKERS),
+               key=lambda k: out[k]["images_per_second"])
+    out["best_dataloader"] = best
+    out["ratio_ours_over_best_dataloader"] = (out["ours"]["images_per_second"]
+                                              / out[best]["images_per_second"])
+    out["paired_ratio_ours_over_best_dataloader"] = paired_speedup(out["ours"], out[best])
     return out
 
 
@@ -373,17 +387,19 @@ def model_table(m: dict[str, Any]) -> str:
              f"{m[k]['median_s'] * 1e3:.1f}"]
             for k, name in (("ours", "vitlens ViT"), ("timm", "timm VisionTransformer"))]
     return (table(rows, ["train step", "params", "images/s", "median ms/step"])
-            + f"\n\nours / timm: {m['ratio_ours_over_timm']:.2f}x")
+            + f"\n\nours / timm: {m['ratio_ours_over_timm']:.2f}x "
+            f"(median of per-round ratios: {m['paired_ratio_ours_over_timm']:.2f}x)")
 
 
 def pipeline_table(p: dict[str, Any]) -> str:
-    best = p["best_dataloader_images_per_second"]
+    best = p[p["best_dataloader"]]["images_per_second"]
     rows = [[name, f"{p[k]['images_per_second']:,.0f}", f"{p[k]['median_s'] * 1e3:.1f}",
              f"{p[k]['images_per_second'] / best:.2f}x"] for k, name in pipeline_rows(p)]
     header = [f"data pipeline ({p['images']:,} images)", "images/s", "median ms/epoch",
               "vs best DataLoader"]
     return (table(rows, header)
-            + f"\n\nours / best DataLoader: {p['ratio_ours_over_best_dataloader']:.2f}x")
+            + f"\n\nours / best DataLoader: {p['ratio_ours_over_best_dataloader']:.2f}x "
+            f"(median of per-round ratios: {p['paired_ratio_ours_over_best_dataloader']:.2f}x)")
 
 
 def epoch_table(ep: dict[str, Any]) -> str:

@@ -99,14 +99,10 @@ class TrainResult:
 
 
 def checkpoint_state(model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int,
-                     history: list, gens: dict[str, torch.Generator], digest: str,
-                     run_id: str | None) -> dict:
+                     history: list, digest: str, run_id: str | None) -> dict:
+    # No RNG state: every epoch reseeds its generators (seed_epoch), on every rank.
     return {"digest": digest, "epoch": epoch, "step": step, "history": history,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}),
-                    **{k: g.get_state() for k, g in gens.items()}},
-            "run_id": run_id or ""}
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "run_id": run_id or ""}
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -129,15 +125,15 @@ def load_checkpoint(path: Path, digest: str) -> dict | None:
     return state
 
 
-def _restore(state: dict, model: nn.Module, opt: torch.optim.Optimizer,
-             gens: dict[str, torch.Generator]) -> None:
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["rng"]["cuda"])
-    for k, g in gens.items():
-        g.set_state(state["rng"][k])
+def seed_epoch(seed: int, epoch: int, rank: int, gens: dict[str, torch.Generator]) -> None:
+    """Seed everything random in an epoch from (seed, epoch, rank) alone, so a resumed run
+    repeats an uninterrupted one exactly on every rank without saving RNG states. The data
+    order is the same on every rank (each takes its own shard of it); crops, flips, dropout
+    and drop-path differ per rank."""
+    base = seed * 1_000_003 + epoch * 1_009
+    gens["order"].manual_seed(base)
+    gens["augment"].manual_seed(base + 1 + rank)
+    torch.manual_seed(base + 101 + rank)
 
 
 class EpochStats:
@@ -197,8 +193,7 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
 
     model = build_model(params.model, len(data.classes)).to(device)
     opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.999))
-    gens = {"order": torch.Generator(device).manual_seed(t.seed),
-            "augment": torch.Generator(device).manual_seed(t.seed + 1 + dist.rank)}
+    gens = {"order": torch.Generator(device), "augment": torch.Generator(device)}
     steps_per_epoch = len(train_split) // t.batch_size
     total, warmup = steps_per_epoch * t.epochs, round(steps_per_epoch * t.warmup_epochs)
     digest = checkpoint_digest(params)
@@ -206,7 +201,8 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
     history: list[dict[str, float]] = []
     start_epoch, step = 0, 0
     if state is not None:
-        _restore(state, model, opt, gens)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         if dist.main:
             print(f"resuming from {checkpoint} after epoch {start_epoch}")
@@ -217,6 +213,7 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
 
     for epoch in range(start_epoch + 1, t.epochs + 1):
         t0 = time.perf_counter()
+        seed_epoch(t.seed, epoch, dist.rank, gens)
         fwd.train()
         stats = EpochStats(device)
         bar = tqdm(batches(train_split, t.batch_size, generator=gens["order"], drop_last=True,
@@ -260,7 +257,7 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
                   f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s", flush=True)
             if run is not None:
                 run.log_metrics(epoch_metrics(row), step=epoch)
-            save_checkpoint(checkpoint_state(model, opt, epoch, step, history, gens, digest,
+            save_checkpoint(checkpoint_state(model, opt, epoch, step, history, digest,
                                              run.id if run is not None else None), checkpoint)
     return TrainResult(model, history, norm, device)
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from vitlens import tracking
-from vitlens.cifar import load_arrays
+from vitlens import distributed, tracking
+from vitlens.cifar import Cifar10, load_arrays
 from vitlens.config import Params, load_params
 from vitlens.errors import run_main
 from vitlens.io import atomic_path, write_csv
-from vitlens.training import checkpoint_digest, load_checkpoint, model_record, train
+from vitlens.training import Dist, checkpoint_digest, load_checkpoint, model_record, \
+    pick_device, train
 
 
 def start_run(params: Params, previous_run_id: str, device: str) -> tracking.Run | None:
@@ -32,23 +34,38 @@ def start_run(params: Params, previous_run_id: str, device: str) -> tracking.Run
 
 def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
                  checkpoint: Path) -> None:
+    """Train and write the outputs; under torchrun every rank trains, rank 0 alone writes."""
     data = load_arrays(data_path)
     state = load_checkpoint(checkpoint, checkpoint_digest(params))
-    from vitlens.training import pick_device
     device = pick_device(params.train.device)
-    run = start_run(params, state["run_id"] if state else "", str(device))
-    with tracking.finishing(run):
-        result = train(params, data, checkpoint=checkpoint, state=state, run=run)
-        record = model_record(result, params, data.classes, git_commit=tracking.git_commit(),
-                              run_id=run.id if run else None)
-        with atomic_path(out) as tmp:
-            torch.save(record, tmp)
-        write_csv(history_path, result.history)
-        if run is not None:
-            run.log_artifact(history_path, "history")
-            if params.tracking.log_model:
-                example = result.norm(torch.from_numpy(data.x_test[:2]).to(result.device))
-                run.log_model(result.model.eval(), example)
+    dist, wrap = distributed.setup(device.type)
+    try:
+        if dist.main:
+            run = start_run(params, state["run_id"] if state else "", str(device))
+            with tracking.finishing(run):
+                _train_and_write(params, data, state, dist, wrap, run, out, history_path,
+                                 checkpoint)
+        else:
+            train(params, data, checkpoint=checkpoint, state=state, dist=dist, wrap=wrap)
+    finally:
+        distributed.teardown()
+
+
+def _train_and_write(params: Params, data: Cifar10, state: dict | None, dist: Dist,
+                     wrap: Callable, run: tracking.Run | None, out: Path, history_path: Path,
+                     checkpoint: Path) -> None:
+    result = train(params, data, checkpoint=checkpoint, state=state, dist=dist, run=run,
+                   wrap=wrap)
+    record = model_record(result, params, data.classes, git_commit=tracking.git_commit(),
+                          run_id=run.id if run else None)
+    with atomic_path(out) as tmp:
+        torch.save(record, tmp)
+    write_csv(history_path, result.history)
+    if run is not None:
+        run.log_artifact(history_path, "history")
+        if params.tracking.log_model:
+            example = result.norm(torch.from_numpy(data.x_test[:2]).to(result.device))
+            run.log_model(result.model.eval(), example)
     checkpoint.unlink(missing_ok=True)
     print(f"wrote {out} and {history_path}" + (f"; MLflow run {run.id}" if run else ""))
 
@@ -61,7 +78,10 @@ def main() -> None:
     ap.add_argument("--history", type=Path, default=Path("reports/train/history.csv"))
     ap.add_argument("--checkpoint", type=Path, default=Path("models/checkpoint.pt"))
     args = ap.parse_args()
-    run_training(load_params(args.params), args.data, args.out, args.history, args.checkpoint)
+    params = load_params(args.params)
+    if params.train.nproc > 1 and not distributed.launched():
+        distributed.relaunch(params.train.nproc, "vitlens.stages.train")
+    run_training(params, args.data, args.out, args.history, args.checkpoint)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""The train stage under torchrun: 2 CPU processes with gloo."""
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import shrink, write_params
+from mlflow.tracking import MlflowClient
+
+from vitlens.config import parse_params
+from vitlens.stages.train import run_training
+
+pytestmark = pytest.mark.slow
+EPOCHS = 4
+
+
+def tiny_raw(raw, archive, **train):
+    raw = shrink(copy.deepcopy(raw), archive)
+    raw["train"].update({"epochs": EPOCHS, "nproc": 2, **train})
+    raw["tracking"]["log_model"] = False
+    return raw
+
+
+def stage_cmd(root, cifar_npz):
+    return [sys.executable, "-m", "vitlens.stages.train", "--params", str(root / "params.yaml"),
+            "--data", str(cifar_npz), "--out", str(root / "model.pt"),
+            "--history", str(root / "history.csv"), "--checkpoint", str(root / "ckpt.pt")]
+
+
+def run_stage(root, cifar_npz):
+    t0 = time.perf_counter()
+    r = subprocess.run(stage_cmd(root, cifar_npz), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr, time.perf_counter() - t0
+
+
+def kill_all_with(text: str) -> None:
+    """SIGKILL every process whose command line holds `text` (torchrun's workers do not
+    share its process group)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def val_accs(path):
+    return [row["val_acc"] for row in torch.load(path, weights_only=True)["history"]]
+
+
+def test_two_gloo_processes_match_a_single_process(_params_raw, train_archive, cifar_npz,
+                                                   tmp_path, mlflow_store):
+    single, multi = tmp_path / "single", tmp_path / "ddp"
+    single.mkdir(), multi.mkdir()
+    raw = tiny_raw(_params_raw, train_archive)
+    write_params(multi / "params.yaml", raw)
+    raw["train"]["nproc"] = 1
+    t0 = time.perf_counter()
+    run_training(parse_params(raw), cifar_npz, single / "model.pt", single / "history.csv",
+                 single / "ckpt.pt")
+    single_s = time.perf_counter() - t0
+
+    client = MlflowClient()
+    exp_id = client.get_experiment_by_name("tests").experiment_id
+    before = len(client.search_runs([exp_id]))
+    out, ddp_s = run_stage(multi, cifar_npz)
+    print(f"\n{EPOCHS} epochs: single process {single_s:.1f}s, 2 gloo processes {ddp_s:.1f}s")
+    assert out.count("wrote ") == 1  # rank 0 alone writes
+    assert len(client.search_runs([exp_id])) == before + 1  # and alone touches the store
+    assert sorted(p.name for p in multi.iterdir()) == ["history.csv", "model.pt", "params.yaml"]
+    a, b = val_accs(single / "model.pt"), val_accs(multi / "model.pt")
+    assert len(b) == EPOCHS
+    assert abs(a[-1] - b[-1]) <= 0.15, (a, b)
+
+
+def test_ddp_resumes_from_its_checkpoint(_params_raw, train_archive, cifar_npz, tmp_path):
+    raw = tiny_raw(_params_raw, train_archive, epochs=8)
+    raw["tracking"]["enabled"] = False
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for root in (straight, resumed):
+        root.mkdir()
+        write_params(root / "params.yaml", raw)
+    proc = subprocess.Popen(stage_cmd(resumed, cifar_npz), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (resumed / "ckpt.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    kill_all_with(str(resumed / "ckpt.pt"))  # torchrun and its workers, as a crash would
+    proc.wait()
+    assert not (resumed / "model.pt").exists()
+
+    out, _ = run_stage(resumed, cifar_npz)
+    assert "resuming from" in out
+    run_stage(straight, cifar_npz)
+    assert val_accs(resumed / "model.pt") == val_accs(straight / "model.pt")
