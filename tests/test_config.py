@@ -101,7 +101,7 @@ def test_unreadable_params_file(tmp_path: Path, text: str | None, message: str) 
 
 def test_flat_keys(params_dict: dict) -> None:
     flat = parse_params(params_dict).flat()
-    assert flat["model.dim"] == 192 and flat["train.flip"] is True
+    assert flat["model.dim"] == params_dict["model"]["dim"] and flat["train.flip"] is True
     assert flat["data.md5"] == params_dict["data"]["md5"]
     n_keys = sum(len(section) for section in params_dict.values())
     assert len(flat) == n_keys and all(k.count(".") == 1 for k in flat)
@@ -113,7 +113,7 @@ def test_digest_tracks_only_its_sections(params_dict: dict) -> None:
     more_epochs = parse_params(edited(params_dict, "train.epochs", 21))
     assert more_epochs.digest("model") == base.digest("model")
     assert more_epochs.digest("model", "train") != base.digest("model", "train")
-    wider = parse_params(edited(params_dict, "model.dim", 195))
+    wider = parse_params(edited(params_dict, "model.dim", params_dict["model"]["dim"] * 2))
     assert wider.digest("model") != base.digest("model")
 
 

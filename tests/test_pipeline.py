@@ -60,6 +60,8 @@ def repo(tmp_path_factory, _params_raw, train_archive) -> Path:
     raw["tracking"]["experiment"] = "vitlens"
     write_params(root / "params.yaml", raw)
     sh(root, "git", "init", "-q")
+    sh(root, "git", "config", "user.name", "vitlens tests")  # DVC commits experiments
+    sh(root, "git", "config", "user.email", "tests@vitlens.invalid")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "project")
     return root

@@ -31,12 +31,11 @@ from vitlens.data import Split, batches, channel_stats, random_crop_flip
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
 from vitlens.model import build_model, param_groups
-from vitlens.training import Normalizer, autocast, pick_device
+from vitlens.training import VAL_BATCH, Normalizer, autocast, pick_device
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32        # pixels; the pipelines produce CIFAR-sized images whatever the model
 CIFAR_TRAIN = 50_000   # CIFAR-10 training images, before the validation split
-EVAL_BATCH = 500       # images per forward pass of training.predict's validation pass
 DATALOADER_WORKERS = (0, 2)
 
 
@@ -299,8 +298,8 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     t = params.train
     train_images = CIFAR_TRAIN - params.data.val_size
     steps_per_epoch = train_images // s.batch_size  # training drops the last partial batch
-    val_batches = math.ceil(params.data.val_size / EVAL_BATCH)
-    x, y = synthetic_images(max(s.batch_size, EVAL_BATCH))
+    val_batches = math.ceil(params.data.val_size / VAL_BATCH)
+    x, y = synthetic_images(max(s.batch_size, VAL_BATCH))
     xb = torch.from_numpy(x).to(device)
     yb = torch.from_numpy(y).to(device)
     norm = Normalizer(*channel_stats(x))
@@ -322,7 +321,7 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     times = alternate(steps, n=s.steps, rounds=s.rounds, device=device)
 
     model = models["eager"].eval()  # training.predict validates with the uncompiled model
-    val_x = norm(xb[:EVAL_BATCH])
+    val_x = norm(xb[:VAL_BATCH])
 
     @torch.no_grad()
     def validate() -> None:

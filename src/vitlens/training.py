@@ -25,6 +25,7 @@ from vitlens.model import ViT, build_model, param_groups
 
 MODEL_FORMAT = "vitlens-vit/1"
 CHECKPOINT_SECTIONS = ("data", "model", "train")
+VAL_BATCH = 500  # images per validation forward pass (a memory bound, not a hyperparameter)
 
 
 def pick_device(name: str) -> torch.device:
@@ -56,14 +57,16 @@ def autocast(device: torch.device) -> Any:
 
 @dataclass
 class Normalizer:
+    """uint8 images -> normalised floats with the training set's per-channel statistics."""
     mean: list[float]
     std: list[float]
+    _on: dict = field(default_factory=dict, repr=False, compare=False)  # device -> tensors
 
     def __call__(self, x: Tensor) -> Tensor:
-        shape = (1, 3, 1, 1)
-        mean = torch.tensor(self.mean, device=x.device).view(shape)
-        std = torch.tensor(self.std, device=x.device).view(shape)
-        return normalize(x, mean, std)
+        if x.device not in self._on:  # one host-to-device copy, not one per batch
+            self._on[x.device] = tuple(torch.tensor(v, device=x.device).view(1, 3, 1, 1)
+                                       for v in (self.mean, self.std))
+        return normalize(x, *self._on[x.device])
 
 
 @torch.no_grad()
@@ -209,7 +212,6 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
     fwd = wrap(model)
     if t.compile:
         fwd = torch.compile(fwd)
-    local_bs = t.batch_size // dist.world
 
     for epoch in range(start_epoch + 1, t.epochs + 1):
         t0 = time.perf_counter()
@@ -236,15 +238,17 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
             opt.step()
             step += 1
             stats.add(loss, logits, yb)
-            if i % 20 == 0:
-                seen = (i + 1) * local_bs * dist.world
+            if i % 20 == 0:  # a host sync: rare enough not to stall a GPU
+                seen = (i + 1) * t.batch_size
+                _, correct, n = stats.sums.tolist()
                 bar.set_postfix(loss=f"{_check_finite(loss, epoch, step):.3f}",
+                                acc=f"{correct / n:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         train_loss, train_acc = stats.result(dist)
         train_seconds = time.perf_counter() - t0
-        val = evaluate_logits(predict(model, val_split, norm, 500, device), val_split.y,
-                              data.classes)
+        val = evaluate_logits(predict(model, val_split, norm, VAL_BATCH, device),
+                              val_split.y, data.classes)
         val_loss, val_acc = val.loss, val.accuracy
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
