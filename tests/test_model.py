@@ -89,3 +89,18 @@ def test_crop_is_a_shift_of_the_padded_image():
         hits = [(dy, dx) for dy in range(9) for dx in range(9)
                 if torch.equal(padded[i, :, dy:dy + 32, dx:dx + 32], out[i])]
         assert hits, f"image {i} is not a crop of its padded self"
+
+
+def test_flip_mirrors_a_crop():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(1, 255, (32, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(x, padding=4, flip=True, generator=g)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    flipped = 0
+    for i in range(32):
+        crops = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        plain = any(torch.equal(c, out[i]) for c in crops)
+        mirrored = any(torch.equal(c.flip(-1), out[i]) for c in crops)
+        assert plain or mirrored, f"image {i} is neither a crop nor a mirrored crop"
+        flipped += mirrored and not plain
+    assert 0 < flipped < 32  # both kinds occur

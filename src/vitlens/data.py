@@ -57,21 +57,20 @@ def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 def random_crop_flip(x: Tensor, *, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Random `padding`-pixel-shift crop (zero padded) and horizontal flip of a whole uint8 batch."""
-    B, _, H, W = x.shape
-    g, dev = generator, x.device
-    if padding:
-        padded = F.pad(x, (padding,) * 4)  # (B, 3, H + 2p, W + 2p)
-        dy = torch.randint(0, 2 * padding + 1, (B, 1, 1), generator=g, device=dev)
-        dx = torch.randint(0, 2 * padding + 1, (B, 1, 1), generator=g, device=dev)
-        rows = dy + torch.arange(H, device=dev).view(1, H, 1)  # (B, H, 1)
-        cols = dx + torch.arange(W, device=dev).view(1, 1, W)  # (B, 1, W)
-        b = torch.arange(B, device=dev).view(B, 1, 1)
-        x = padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)  # (B, 3, H, W)
+    """Random `padding`-pixel-shift crop (zero padded) and horizontal flip of a whole uint8
+    batch: two gathers, rows then columns; a flip just mirrors the column index."""
+    B, C, H, W = x.shape
+    g, dev, p = generator, x.device, padding
+    dy = torch.randint(0, 2 * p + 1, (B, 1), generator=g, device=dev)
+    dx = torch.randint(0, 2 * p + 1, (B, 1), generator=g, device=dev)
+    cols = torch.arange(W, device=dev).expand(B, W)
     if flip:
-        mask = torch.rand(B, generator=g, device=dev) < 0.5
-        x = torch.where(mask.view(B, 1, 1, 1), x.flip(3), x)
-    return x
+        mirror = torch.rand(B, 1, generator=g, device=dev) < 0.5
+        cols = torch.where(mirror, W - 1 - cols, cols)
+    padded = F.pad(x, (p,) * 4) if p else x  # (B, C, H + 2p, W + 2p)
+    rows = (dy + torch.arange(H, device=dev)).view(B, 1, H, 1).expand(B, C, H, W + 2 * p)
+    x = padded.gather(2, rows)  # (B, C, H, W + 2p)
+    return x.gather(3, (dx + cols).view(B, 1, 1, W).expand(B, C, H, W))  # (B, C, H, W)
 
 
 def batches(split: Split, batch_size: int, *, generator: torch.Generator | None = None,
