@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from vitlens.cifar import Cifar10
-from vitlens.config import Params
+from vitlens.config import Params, TrainConfig
 from vitlens.data import Split, batches, channel_stats, normalize, random_crop_flip, \
     split_train_val, to_device
 from vitlens.errors import VitlensError
@@ -167,6 +168,37 @@ def _check_finite(loss: Tensor, epoch: int, step: int) -> float:
     return value
 
 
+def _train_epoch(bar: tqdm, fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,
+                 norm: Normalizer, augment: torch.Generator, t: TrainConfig,
+                 schedule: Callable[[int], float], step: int, epoch: int,
+                 device: torch.device) -> tuple[EpochStats, int, float]:
+    """One pass over this rank's batches; returns the running sums, the step and the last lr."""
+    fwd.train()
+    stats, t0, lr = EpochStats(device), time.perf_counter(), schedule(step)
+    for i, (xb, yb) in enumerate(bar):
+        lr = schedule(step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = norm(random_crop_flip(xb, padding=t.crop_padding, flip=t.flip, generator=augment))
+        with autocast(device):
+            logits = fwd(x)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=t.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        step += 1
+        stats.add(loss, logits, yb)
+        if i % 20 == 0:  # a host sync: rare enough not to stall a GPU
+            _, correct, n = stats.sums.tolist()
+            bar.set_postfix(loss=f"{_check_finite(loss, epoch, step):.3f}",
+                            acc=f"{correct / n:.3f}",
+                            img_s=f"{(i + 1) * t.batch_size / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    return stats, step, lr
+
+
 def checkpoint_digest(params: Params) -> str:
     return params.digest(*CHECKPOINT_SECTIONS)
 
@@ -213,38 +245,16 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
     if t.compile:
         fwd = torch.compile(fwd)
 
+    schedule = partial(lr_at, total=total, warmup=warmup, lr=t.lr, min_lr=t.min_lr)
     for epoch in range(start_epoch + 1, t.epochs + 1):
         t0 = time.perf_counter()
         seed_epoch(t.seed, epoch, dist.rank, gens)
-        fwd.train()
-        stats = EpochStats(device)
         bar = tqdm(batches(train_split, t.batch_size, generator=gens["order"], drop_last=True,
                            rank=dist.rank, world=dist.world),
                    total=steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", leave=False,
                    disable=not dist.main, mininterval=1.0)
-        for i, (xb, yb) in enumerate(bar):
-            lr = lr_at(step, total=total, warmup=warmup, lr=t.lr, min_lr=t.min_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x = norm(random_crop_flip(xb, padding=t.crop_padding, flip=t.flip,
-                                      generator=gens["augment"]))
-            with autocast(device):
-                logits = fwd(x)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=t.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            step += 1
-            stats.add(loss, logits, yb)
-            if i % 20 == 0:  # a host sync: rare enough not to stall a GPU
-                seen = (i + 1) * t.batch_size
-                _, correct, n = stats.sums.tolist()
-                bar.set_postfix(loss=f"{_check_finite(loss, epoch, step):.3f}",
-                                acc=f"{correct / n:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        bar.close()
+        stats, step, lr = _train_epoch(bar, fwd, model, opt, norm, gens["augment"], t,
+                                       schedule, step, epoch, device)
         train_loss, train_acc = stats.result(dist)
         train_seconds = time.perf_counter() - t0
         val = evaluate_logits(predict(model, val_split, norm, VAL_BATCH, device),
