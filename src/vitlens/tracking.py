@@ -65,10 +65,6 @@ class Run:
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
         _retry(self.client.log_batch, self.id, metrics=items)
 
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-        _retry(self.client.log_batch, self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
     def log_artifact(self, path: str | os.PathLike, artifact_dir: str) -> None:
         _retry(self.client.log_artifact, self.id, str(path), artifact_dir)
 
@@ -129,14 +125,18 @@ def create_run(experiment: str, run_name: str | None, tags: dict[str, Any]) -> R
     return Run(client, run.info.run_id)
 
 
-def open_run(run_id: str) -> Run:
-    """A run that an earlier stage created (evaluate and visualize log into the training run)."""
-    client = _client()
+def _get_run(client: Any, run_id: str) -> Any:
     try:
-        _retry(client.get_run, run_id)
+        return _retry(client.get_run, run_id)
     except Exception as e:  # noqa: BLE001 - MlflowException for a run the store lacks
         raise VitlensError(f"MLflow run {run_id} not found in {tracking_uri()}: "
                            f"{str(e).splitlines()[0]}") from None
+
+
+def open_run(run_id: str) -> Run:
+    """A run that an earlier stage created (evaluate and visualize log into the training run)."""
+    client = _client()
+    _get_run(client, run_id)
     return Run(client, run_id)
 
 
@@ -171,8 +171,7 @@ def run_params(run_id: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """
     import yaml
 
-    run = open_run(run_id)
-    data = _retry(run.client.get_run, run_id).data
+    data = _get_run(_client(), run_id).data
     nested: dict[str, dict[str, Any]] = {}
     for key, text in data.params.items():
         section, name = key.split(".", 1)

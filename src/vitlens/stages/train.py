@@ -18,14 +18,15 @@ from vitlens.training import Dist, checkpoint_digest, load_checkpoint, model_rec
     pick_device, train
 
 
-def start_run(params: Params, previous_run_id: str, device: str) -> tracking.Run | None:
+def start_run(params: Params, previous_run_id: str, device: str,
+              commit: str) -> tracking.Run | None:
     if not params.tracking.enabled:
         return None
     if previous_run_id:
         run = tracking.open_run(previous_run_id)
         run.reopen()
         return run
-    tags = {"git_commit": tracking.git_commit(), "device": device,
+    tags = {"git_commit": commit, "device": device,
             "torch_version": torch.__version__, **tracking.dvc_tags()}
     run = tracking.create_run(params.tracking.experiment, os.environ.get("DVC_EXP_NAME"), tags)
     run.log_params(params.flat())
@@ -41,10 +42,11 @@ def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
     dist, wrap = distributed.setup(device.type)
     try:
         if dist.main:
-            run = start_run(params, state["run_id"] if state else "", str(device))
+            commit = tracking.git_commit()
+            run = start_run(params, state["run_id"] if state else "", str(device), commit)
             with tracking.finishing(run):
                 _train_and_write(params, data, state, dist, wrap, run, out, history_path,
-                                 checkpoint)
+                                 checkpoint, commit)
         else:
             train(params, data, checkpoint=checkpoint, state=state, dist=dist, wrap=wrap)
     finally:
@@ -53,10 +55,10 @@ def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
 
 def _train_and_write(params: Params, data: Cifar10, state: dict | None, dist: Dist,
                      wrap: Callable, run: tracking.Run | None, out: Path, history_path: Path,
-                     checkpoint: Path) -> None:
+                     checkpoint: Path, commit: str) -> None:
     result = train(params, data, checkpoint=checkpoint, state=state, dist=dist, run=run,
                    wrap=wrap)
-    record = model_record(result, params, data.classes, git_commit=tracking.git_commit(),
+    record = model_record(result, params, data.classes, git_commit=commit,
                           run_id=run.id if run else None)
     with atomic_path(out) as tmp:
         torch.save(record, tmp)
