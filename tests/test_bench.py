@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vitlens import bench
+from vitlens.data import channel_stats
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 
@@ -42,9 +43,10 @@ def test_both_models_train_with_matching_sizes(quick_run):
 
 def test_all_pipelines_measured(quick_run):
     pipe = quick_run[0]["pipeline"]
-    for name in ("ours", "dataloader_0_workers", "dataloader_2_workers"):
+    loaders = [f"dataloader_{kind}_{w}_workers" for kind in ("tensor", "pil") for w in (0, 2)]
+    for name in ("ours", *loaders):
         assert pipe[name]["images_per_second"] > 0
-    assert pipe["best_dataloader"] in ("dataloader_0_workers", "dataloader_2_workers")
+    assert pipe["best_dataloader"] in loaders
     assert pipe["ratio_ours_over_best_dataloader"] > 0
     assert pipe["paired_ratio_ours_over_best_dataloader"] > 0
 
@@ -60,24 +62,27 @@ def test_table_printed(quick_run):
         assert needle in text
 
 
-def test_pipelines_produce_the_same_batches():
+@pytest.mark.parametrize("pil", [False, True])
+def test_pipelines_produce_the_same_batches(pil):
     """Both sides yield normalised float (B, 3, 32, 32) batches, so they do the same work."""
     import torch
 
     from vitlens.config import load_params
-    from vitlens.data import channel_stats, random_crop_flip
-    from vitlens.training import Normalizer
+    from vitlens.data import Split
+    from vitlens.training import Normalizer, batch_maker
 
     t = load_params(PARAMS).train
     x, y = bench.synthetic_images(8)
     norm = Normalizer(*channel_stats(x))
-    ds = bench.TransformedImages(x, y, bench.per_image_transform(t.crop_padding, t.flip, norm))
+    ds = bench.TransformedImages(x, y, bench.per_image_transform(t.crop_padding, t.flip, norm,
+                                                                 pil), pil)
     theirs = torch.stack([ds[i][0] for i in range(8)])
-    ours = norm(random_crop_flip(torch.from_numpy(x), padding=t.crop_padding, flip=t.flip,
-                                 generator=torch.Generator().manual_seed(0)))
+    split = Split(torch.from_numpy(x), torch.from_numpy(y))
+    ours, labels = batch_maker(split, norm, t, torch.Generator().manual_seed(0))(torch.arange(8))
     assert theirs.shape == ours.shape == (8, 3, 32, 32)
     assert theirs.dtype == ours.dtype == torch.float32
-    plain = bench.TransformedImages(x, y, bench.per_image_transform(0, False, norm))
+    assert torch.equal(labels, torch.from_numpy(y))
+    plain = bench.TransformedImages(x, y, bench.per_image_transform(0, False, norm, pil), pil)
     # Without augmentation both are the same normalisation of the same pixels.
     assert torch.allclose(torch.stack([plain[i][0] for i in range(8)]),
                           norm(torch.from_numpy(x)), atol=1e-5)

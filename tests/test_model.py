@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vitlens.config import ModelConfig
-from vitlens.data import random_crop_flip
+from vitlens.data import CropFlip
 from vitlens.model import ViT, build_model, param_groups
 
 
@@ -30,6 +30,24 @@ def test_fused_and_explicit_attention_agree():
     fused = model(x)
     explicit, _ = model(x, return_attn=True)
     torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-5)
+
+
+def test_cls_only_last_block_matches_the_full_block():
+    """The fast path runs the last block for the CLS token alone; its logits and every
+    gradient must equal those of the explicit path, which runs it for all tokens."""
+    torch.manual_seed(0)
+    model = tiny(depth=3)  # train mode, no dropout: both paths are deterministic
+    x = torch.randn(4, 3, 32, 32)
+    runs = []
+    for explicit in (False, True):
+        model.zero_grad()
+        logits = model(x, return_attn=True)[0] if explicit else model(x)
+        logits.square().sum().backward()
+        runs.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (fast, fast_grads), (full, full_grads) = runs
+    torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-5)
+    for name, g in full_grads.items():
+        torch.testing.assert_close(fast_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_every_parameter_gets_a_gradient():
@@ -67,12 +85,16 @@ def test_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def crop_flip(x: torch.Tensor, *, padding: int, flip: bool, seed: int) -> torch.Tensor:
+    return CropFlip(x, padding=padding, flip=flip)(torch.arange(len(x)),
+                                                   torch.Generator().manual_seed(seed))
+
+
 def test_crop_flip_moves_whole_images_only():
-    g = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).view(2, 3, 32, 32).to(torch.uint8)
-    same = random_crop_flip(x, padding=0, flip=False, generator=g)
+    same = crop_flip(x, padding=0, flip=False, seed=0)
     assert torch.equal(same, x)
-    out = random_crop_flip(x, padding=4, flip=True, generator=g)
+    out = crop_flip(x, padding=4, flip=True, seed=0)
     assert out.shape == x.shape and out.dtype == torch.uint8
     # A crop of the zero-padded image: every output pixel is 0 or a pixel of the same image.
     for i in range(2):
@@ -80,27 +102,41 @@ def test_crop_flip_moves_whole_images_only():
         assert set(out[i].flatten().tolist()) <= values
 
 
+def crops_of(image: torch.Tensor) -> list[torch.Tensor]:
+    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
+    return [padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+
+
 def test_crop_is_a_shift_of_the_padded_image():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(1, 255, (16, 3, 32, 32), dtype=torch.uint8)
-    out = random_crop_flip(x, padding=4, flip=False, generator=g)
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    for i in range(16):
-        hits = [(dy, dx) for dy in range(9) for dx in range(9)
-                if torch.equal(padded[i, :, dy:dy + 32, dx:dx + 32], out[i])]
+    x = torch.randint(1, 255, (64, 3, 32, 32), dtype=torch.uint8)
+    out = crop_flip(x, padding=4, flip=False, seed=1)
+    shifts = set()
+    for i in range(64):
+        hits = [k for k, c in enumerate(crops_of(x[i])) if torch.equal(c, out[i])]
         assert hits, f"image {i} is not a crop of its padded self"
+        shifts.update(hits)
+    assert len(shifts) > 20  # the shifts vary: 81 are possible
 
 
 def test_flip_mirrors_a_crop():
-    g = torch.Generator().manual_seed(2)
     x = torch.randint(1, 255, (32, 3, 32, 32), dtype=torch.uint8)
-    out = random_crop_flip(x, padding=4, flip=True, generator=g)
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    out = crop_flip(x, padding=4, flip=True, seed=2)
     flipped = 0
     for i in range(32):
-        crops = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        crops = crops_of(x[i])
         plain = any(torch.equal(c, out[i]) for c in crops)
         mirrored = any(torch.equal(c.flip(-1), out[i]) for c in crops)
         assert plain or mirrored, f"image {i} is neither a crop nor a mirrored crop"
         flipped += mirrored and not plain
     assert 0 < flipped < 32  # both kinds occur
+
+
+def test_crop_flip_picks_the_indexed_images():
+    x = torch.randint(1, 255, (10, 3, 32, 32), dtype=torch.uint8)
+    idx = torch.tensor([7, 2, 2, 9])
+    out = CropFlip(x, padding=0, flip=False)(idx, torch.Generator().manual_seed(0))
+    assert torch.equal(out, x[idx])
+    out = CropFlip(x, padding=4, flip=True)(idx, torch.Generator().manual_seed(0))
+    for i, j in enumerate(idx.tolist()):
+        assert any(torch.equal(c, out[i]) or torch.equal(c.flip(-1), out[i])
+                   for c in crops_of(x[j]))

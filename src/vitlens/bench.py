@@ -22,21 +22,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from vitlens.config import ModelConfig, Params, load_params
-from vitlens.data import Split, batches, channel_stats, random_crop_flip
+from vitlens.data import Split, batch_indices, channel_stats
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
-from vitlens.model import build_model, param_groups
-from vitlens.training import VAL_BATCH, Normalizer, autocast, pick_device
+from vitlens.model import build_model
+from vitlens.training import VAL_BATCH, Normalizer, autocast, batch_maker, make_optimizer, \
+    pick_device
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32        # pixels; the pipelines produce CIFAR-sized images whatever the model
 CIFAR_TRAIN = 50_000   # CIFAR-10 training images, before the validation split
-DATALOADER_WORKERS = (0, 2)
+LOADERS = tuple((kind, w) for kind in ("tensor", "pil") for w in (0, 2))  # images, workers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +156,7 @@ def train_step(model: nn.Module, batch: Callable[[], tuple[Tensor, Tensor]], par
     """One optimizer step as training.train takes it: AdamW on the same param groups,
     autocast, label-smoothed cross-entropy, gradient clipping."""
     t = params.train
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr)
+    opt = make_optimizer(model, t, device)
 
     def step() -> None:
         x, y = batch()
@@ -198,38 +200,46 @@ def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TransformedImages(Dataset):
-    """A TensorDataset of uint8 images with a per-image transform, the usual DataLoader setup.
-    Tensors, not PIL: on this data torchvision's tensor transforms are the faster of the two,
-    so the baseline is the stronger one."""
+    """uint8 images with a per-image transform, the usual DataLoader setup. As `pil` images,
+    the way torchvision.datasets.CIFAR10 hands them out (the notebook's setup), or as uint8
+    tensors, which torchvision's transforms handle faster here."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, transform: Callable[[Tensor], Tensor]):
-        self.x, self.y, self.transform = torch.from_numpy(x), torch.from_numpy(y), transform
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform: Callable[[Any], Tensor],
+                 pil: bool = False):
+        self.x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if pil else torch.from_numpy(x)
+        self.y, self.transform, self.pil = torch.from_numpy(y), transform, pil
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.transform(self.x[i]), self.y[i]
+        image = Image.fromarray(self.x[i]) if self.pil else self.x[i]
+        return self.transform(image), self.y[i]
 
 
-def per_image_transform(padding: int, flip: bool, norm: Normalizer) -> transforms.Compose:
-    """The per-image twin of random_crop_flip + normalize: zero-padded crop, flip, [0, 1], z."""
+def per_image_transform(padding: int, flip: bool, norm: Normalizer,
+                        pil: bool = False) -> transforms.Compose:
+    """The per-image twin of CropFlip + normalize: zero-padded crop, flip, [0, 1], z."""
     steps: list[Callable] = [transforms.RandomCrop(IMAGE_SIZE, padding=padding)] if padding else []
     steps += [transforms.RandomHorizontalFlip()] if flip else []
-    return transforms.Compose([*steps, transforms.ConvertImageDtype(torch.float32),
-                               transforms.Normalize(norm.mean, norm.std)])
+    to_float = transforms.ToTensor() if pil else transforms.ConvertImageDtype(torch.float32)
+    return transforms.Compose([*steps, to_float, transforms.Normalize(norm.mean, norm.std)])
 
 
 def ours_epoch(split: Split, norm: Normalizer, params: Params, batch_size: int,
                device: torch.device) -> Callable[[], None]:
-    t = params.train
+    """An epoch of inputs as training.train makes them."""
     order = torch.Generator(device).manual_seed(0)
-    augment = torch.Generator(device).manual_seed(1)
+    batch = batch_maker(split, norm, params.train, torch.Generator(device).manual_seed(1))
 
     def epoch() -> None:
-        for xb, _ in batches(split, batch_size, generator=order, drop_last=True):
-            norm(random_crop_flip(xb, padding=t.crop_padding, flip=t.flip, generator=augment))
+        for idx in batch_indices(len(split), batch_size, order):
+            batch(idx)
     return epoch
+
+
+def loader_name(kind: str, workers: int) -> str:
+    return f"dataloader_{kind}_{workers}_workers"
 
 
 def loader_epoch(loader: DataLoader, device: torch.device) -> Callable[[], None]:
@@ -261,21 +271,21 @@ def bench_pipelines(params: Params, s: Settings, device: torch.device) -> dict[s
     epochs = {"ours": ours_epoch(split, norm, params, s.batch_size, device)}
     if device.type == "cpu" and torch.get_num_threads() > 1:
         epochs["ours_1_thread"] = one_thread(epochs["ours"])
-    ds = TransformedImages(x, y, per_image_transform(t.crop_padding, t.flip, norm))
-    for w in DATALOADER_WORKERS:
+    for kind, w in LOADERS:
+        pil = kind == "pil"
+        ds = TransformedImages(x, y, per_image_transform(t.crop_padding, t.flip, norm, pil), pil)
         # Persistent workers: the untimed first epoch pays their start-up, not the timed ones.
         loader = DataLoader(ds, batch_size=s.batch_size, shuffle=True, drop_last=True,
                             num_workers=w, persistent_workers=w > 0,
                             pin_memory=device.type == "cuda")
-        epochs[f"dataloader_{w}_workers"] = loader_epoch(loader, device)
+        epochs[loader_name(kind, w)] = loader_epoch(loader, device)
     for epoch in epochs.values():
         epoch()
     times = alternate(epochs, n=s.pipeline_epochs, rounds=s.pipeline_epochs, device=device)
     per_epoch = (s.images // s.batch_size) * s.batch_size
-    out: dict[str, Any] = {"images": s.images, "workers": list(DATALOADER_WORKERS),
+    out: dict[str, Any] = {"images": s.images, "loaders": [list(kw) for kw in LOADERS],
                            **{name: summary(sec, per_epoch) for name, sec in times.items()}}
-    best = max((f"dataloader_{w}_workers" for w in DATALOADER_WORKERS),
-               key=lambda k: out[k]["images_per_second"])
+    best = max((loader_name(*kw) for kw in LOADERS), key=lambda k: out[k]["images_per_second"])
     out["best_dataloader"] = best
     out["ratio_ours_over_best_dataloader"] = (out["ours"]["images_per_second"]
                                               / out[best]["images_per_second"])
@@ -300,15 +310,13 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     steps_per_epoch = train_images // s.batch_size  # training drops the last partial batch
     val_batches = math.ceil(params.data.val_size / VAL_BATCH)
     x, y = synthetic_images(max(s.batch_size, VAL_BATCH))
-    xb = torch.from_numpy(x).to(device)
-    yb = torch.from_numpy(y).to(device)
+    split = Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
     norm = Normalizer(*channel_stats(x))
-    augment = torch.Generator(device).manual_seed(1)
+    make_batch = batch_maker(split, norm, t, torch.Generator(device).manual_seed(1))
+    idx = torch.arange(s.batch_size, device=device)
 
     def batch() -> tuple[Tensor, Tensor]:
-        xa = random_crop_flip(xb[:s.batch_size], padding=t.crop_padding, flip=t.flip,
-                              generator=augment)
-        return norm(xa), yb[:s.batch_size]
+        return make_batch(idx)
 
     torch.manual_seed(0)
     models = {"eager": build_model(s.model, NUM_CLASSES).to(device),
@@ -321,7 +329,7 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     times = alternate(steps, n=s.steps, rounds=s.rounds, device=device)
 
     model = models["eager"].eval()  # training.predict validates with the uncompiled model
-    val_x = norm(xb[:VAL_BATCH])
+    val_x = norm(split.x[:VAL_BATCH])
 
     @torch.no_grad()
     def validate() -> None:
@@ -377,8 +385,8 @@ def pipeline_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("ours", "vitlens on-device crop/flip + normalise")]
     if "ours_1_thread" in p:
         rows.append(("ours_1_thread", "vitlens on-device, torch on 1 thread"))
-    return rows + [(f"dataloader_{w}_workers", f"DataLoader, per-image transforms, {w} workers")
-                   for w in p["workers"]]
+    return rows + [(loader_name(kind, w), f"DataLoader, per-image {kind} transforms, {w} workers")
+                   for kind, w in p["loaders"]]
 
 
 def model_table(m: dict[str, Any]) -> str:

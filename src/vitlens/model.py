@@ -22,10 +22,16 @@ class Attention(nn.Module):
         self.attn_dropout = attn_dropout
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, return_attn: bool = False,
+                cls_only: bool = False) -> tuple[Tensor, Tensor | None]:
+        """(B, N, C) -> (B, N, C); with cls_only, (B, 1, C): the CLS query's output alone."""
         B, N, C = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if cls_only:  # K and V of every token, Q of the CLS token only
+            w, b = self.qkv.weight, self.qkv.bias
+            q = self._heads(F.linear(x[:, :1], w[:C], b[:C]), 1)[0]  # (B, heads, 1, head_dim)
+            k, v = self._heads(F.linear(x, w[C:], b[C:]), 2)
+        else:
+            q, k, v = self._heads(self.qkv(x), 3)  # each (B, heads, N, head_dim)
         p = self.attn_dropout if self.training else 0.0
         if return_attn:
             attn = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B, heads, N, N)
@@ -33,8 +39,13 @@ class Attention(nn.Module):
         else:
             attn = None
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        out = out.transpose(1, 2).reshape(B, N, C)
+        out = out.transpose(1, 2).reshape(B, q.shape[2], C)
         return self.drop(self.proj(out)), attn
+
+    def _heads(self, t: Tensor, parts: int) -> Tensor:
+        """(B, N, parts * C) -> (parts, B, heads, N, head_dim)."""
+        B, N, _ = t.shape
+        return t.view(B, N, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
 
 class DropPath(nn.Module):
@@ -64,8 +75,11 @@ class Block(nn.Module):
                                  nn.Linear(hidden, dim), nn.Dropout(dropout))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        a, attn = self.attn(self.norm1(x), return_attn)
+    def forward(self, x: Tensor, return_attn: bool = False,
+                cls_only: bool = False) -> tuple[Tensor, Tensor | None]:
+        a, attn = self.attn(self.norm1(x), return_attn, cls_only)
+        if cls_only:
+            x = x[:, :1]
         x = x + self.drop_path(a)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, attn
@@ -109,8 +123,11 @@ class ViT(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.drop(x + self.pos_embed)  # (B, N, dim), N = 1 + grid*grid
         attns = []
-        for block in self.blocks:
-            x, attn = block(x, return_attn)
+        for i, block in enumerate(self.blocks):
+            # The head reads the CLS token alone, so unless every layer's full attention is
+            # asked for, the last block updates only that token (~1/depth fewer FLOPs).
+            last = i == len(self.blocks) - 1 and not return_attn
+            x, attn = block(x, return_attn, cls_only=last)
             attns.append(attn)
         logits = self.head(self.norm(x[:, 0]))
         return (logits, attns) if return_attn else logits

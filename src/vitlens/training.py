@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from vitlens.cifar import Cifar10
 from vitlens.config import Params, TrainConfig
-from vitlens.data import Split, batches, channel_stats, normalize, random_crop_flip, \
+from vitlens.data import CropFlip, Split, batch_indices, batches, channel_stats, normalize, \
     split_train_val, to_device
 from vitlens.errors import VitlensError
 from vitlens.evaluation import evaluate_logits
@@ -65,8 +65,9 @@ class Normalizer:
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.device not in self._on:  # one host-to-device copy, not one per batch
-            self._on[x.device] = tuple(torch.tensor(v, device=x.device).view(1, 3, 1, 1)
-                                       for v in (self.mean, self.std))
+            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1)
+                         for v in (self.mean, self.std))
+            self._on[x.device] = (1 / (255 * std), -mean / std)
         return normalize(x, *self._on[x.device])
 
 
@@ -168,18 +169,36 @@ def _check_finite(loss: Tensor, epoch: int, step: int) -> float:
     return value
 
 
+def batch_maker(split: Split, norm: Normalizer, t: TrainConfig,
+                augment: torch.Generator) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """Indices -> (cropped, flipped, normalised images, labels) of `split`: the training input."""
+    crop_flip = CropFlip(split.x, padding=t.crop_padding, flip=t.flip)
+
+    def batch(idx: Tensor) -> tuple[Tensor, Tensor]:
+        return norm(crop_flip(idx, augment)), split.y[idx]
+    return batch
+
+
+def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, decay on weight matrices only; the fused kernel where there is one (one
+    launch per step on CUDA instead of one per op)."""
+    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.999),
+                             fused=device.type in ("cuda", "cpu"))
+
+
 def _train_epoch(bar: tqdm, fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,
-                 norm: Normalizer, augment: torch.Generator, t: TrainConfig,
+                 batch: Callable[[Tensor], tuple[Tensor, Tensor]], t: TrainConfig,
                  schedule: Callable[[int], float], step: int, epoch: int,
                  device: torch.device) -> tuple[EpochStats, int, float]:
-    """One pass over this rank's batches; returns the running sums, the step and the last lr."""
+    """One pass over this rank's batches (`bar` yields their indices, `batch` makes inputs
+    and labels of them); returns the running sums, the step and the last lr."""
     fwd.train()
     stats, t0, lr = EpochStats(device), time.perf_counter(), schedule(step)
-    for i, (xb, yb) in enumerate(bar):
+    for i, idx in enumerate(bar):
         lr = schedule(step)
         for g in opt.param_groups:
             g["lr"] = lr
-        x = norm(random_crop_flip(xb, padding=t.crop_padding, flip=t.flip, generator=augment))
+        x, yb = batch(idx)
         with autocast(device):
             logits = fwd(x)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=t.label_smoothing)
@@ -227,7 +246,7 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
     norm = Normalizer(*channel_stats(xtr))
 
     model = build_model(params.model, len(data.classes)).to(device)
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.999))
+    opt = make_optimizer(model, t, device)
     gens = {"order": torch.Generator(device), "augment": torch.Generator(device)}
     steps_per_epoch = len(train_split) // t.batch_size
     total, warmup = steps_per_epoch * t.epochs, round(steps_per_epoch * t.warmup_epochs)
@@ -246,15 +265,16 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
         fwd = torch.compile(fwd)
 
     schedule = partial(lr_at, total=total, warmup=warmup, lr=t.lr, min_lr=t.min_lr)
+    batch = batch_maker(train_split, norm, t, gens["augment"])
     for epoch in range(start_epoch + 1, t.epochs + 1):
         t0 = time.perf_counter()
         seed_epoch(t.seed, epoch, dist.rank, gens)
-        bar = tqdm(batches(train_split, t.batch_size, generator=gens["order"], drop_last=True,
-                           rank=dist.rank, world=dist.world),
+        bar = tqdm(batch_indices(len(train_split), t.batch_size, gens["order"],
+                                 rank=dist.rank, world=dist.world),
                    total=steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", leave=False,
                    disable=not dist.main, mininterval=1.0)
-        stats, step, lr = _train_epoch(bar, fwd, model, opt, norm, gens["augment"], t,
-                                       schedule, step, epoch, device)
+        stats, step, lr = _train_epoch(bar, fwd, model, opt, batch, t, schedule, step, epoch,
+                                       device)
         train_loss, train_acc = stats.result(dist)
         train_seconds = time.perf_counter() - t0
         val = evaluate_logits(predict(model, val_split, norm, VAL_BATCH, device),
