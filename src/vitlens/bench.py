@@ -385,8 +385,9 @@ def pipeline_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("ours", "vitlens on-device crop/flip + normalise")]
     if "ours_1_thread" in p:
         rows.append(("ours_1_thread", "vitlens on-device, torch on 1 thread"))
-    return rows + [(loader_name(kind, w), f"DataLoader, per-image {kind} transforms, {w} workers")
-                   for kind, w in p["loaders"]]
+    images = {"tensor": "uint8 tensors", "pil": "PIL images"}
+    return rows + [(loader_name(kind, w), f"DataLoader, per-image transforms on {images[kind]}, "
+                    f"{w} workers") for kind, w in p["loaders"]]
 
 
 def model_table(m: dict[str, Any]) -> str:
