@@ -88,3 +88,29 @@ def test_bad_model_file_is_one_line_error(project, cifar_npz, tmp_path, stage, c
     assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]]
     assert phrase in r.stderr and r.stderr.startswith("error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_stage_commands_import_the_code_beside_them(tmp_path):
+    """`dvc exp run --temp/--queue` runs each stage in a copy of the repository; the stage
+    must import that copy's src/, not the workspace's editable install, or a queued
+    experiment would run whatever code the workspace holds when it starts."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import yaml
+    from conftest import PROJECT_ROOT
+
+    shutil.copytree(PROJECT_ROOT / "src", tmp_path / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == {"download", "train", "evaluate", "visualize"}
+    for name, stage in stages.items():
+        module = f"vitlens.stages.{name}"
+        prefix, sep, _ = stage["cmd"].partition(f"python -m {module} ")
+        assert sep, f"stage {name} does not run python -m {module}"
+        r = subprocess.run(f"{prefix}python -c 'import {module} as m; print(m.__file__)'",
+                           shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert Path(r.stdout.strip()) == tmp_path / "src/vitlens/stages" / f"{name}.py"
