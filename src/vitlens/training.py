@@ -142,19 +142,24 @@ def seed_epoch(seed: int, epoch: int, rank: int, gens: dict[str, torch.Generator
 
 
 class EpochStats:
-    """Running sums kept on the device, so the hot loop never waits on a host sync."""
+    """Running sums kept on the device, so the hot loop never waits on a host sync (the image
+    count lives on the host: a tensor made from it each step would be a blocking copy)."""
 
     def __init__(self, device: torch.device):
-        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss*n, correct, n
+        self.sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss * n, correct
+        self.n = 0
 
     def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        n = y.numel()
-        self.sums += torch.stack([loss.detach().double() * n,
-                                  (logits.argmax(1) == y).sum().double(),
-                                  torch.tensor(n, device=y.device, dtype=torch.float64)])
+        self.sums += torch.stack([loss.detach().double() * y.numel(),
+                                  (logits.argmax(1) == y).sum().double()])
+        self.n += y.numel()
+
+    def accuracy(self) -> float:
+        return self.sums[1].item() / self.n
 
     def result(self, dist: Dist) -> tuple[float, float]:
-        loss_sum, correct, n = dist.reduce(self.sums.clone()).tolist()
+        totals = torch.cat([self.sums, self.sums.new_tensor([self.n])])
+        loss_sum, correct, n = dist.reduce(totals).tolist()
         if not math.isfinite(loss_sum):
             raise VitlensError("training loss became NaN or infinite; lower train.lr or "
                                "raise train.warmup_epochs")
@@ -210,9 +215,8 @@ def _train_epoch(bar: tqdm, fwd: nn.Module, model: nn.Module, opt: torch.optim.O
         step += 1
         stats.add(loss, logits, yb)
         if i % 20 == 0:  # a host sync: rare enough not to stall a GPU
-            _, correct, n = stats.sums.tolist()
             bar.set_postfix(loss=f"{_check_finite(loss, epoch, step):.3f}",
-                            acc=f"{correct / n:.3f}",
+                            acc=f"{stats.accuracy():.3f}",
                             img_s=f"{(i + 1) * t.batch_size / (time.perf_counter() - t0):.0f}")
     bar.close()
     return stats, step, lr
