@@ -68,8 +68,8 @@ def test_pipelines_produce_the_same_batches(pil):
     import torch
 
     from vitlens.config import load_params
-    from vitlens.data import Split
-    from vitlens.training import Normalizer, batch_maker
+    from vitlens.data import Normalizer, Split
+    from vitlens.training import batch_maker
 
     t = load_params(PARAMS).train
     x, y = bench.synthetic_images(8)

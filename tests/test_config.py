@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_ROOT, write_params
 
+from conftest import PROJECT_ROOT, write_params
 from vitlens.config import ConfigError, Params, load_params, parse_params
 
 _MISSING = object()

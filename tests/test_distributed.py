@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shrink, write_params
 from mlflow.tracking import MlflowClient
 
+from conftest import shrink, write_params
 from vitlens.config import parse_params
 from vitlens.stages.train import run_training
 

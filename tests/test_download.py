@@ -23,10 +23,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
-from conftest import ROOT, TarEntry, expected_arrays, py2_pickle, write_cifar_archive, write_params
 
-from vitlens.cifar import (DataError, _BatchUnpickler, load_arrays, local_path, read_archive,
-                           verify_md5)
+from conftest import ROOT, TarEntry, expected_arrays, py2_pickle, write_cifar_archive, write_params
+from vitlens.cifar import (
+    DataError,
+    _BatchUnpickler,
+    load_arrays,
+    local_path,
+    read_archive,
+    verify_md5,
+)
 from vitlens.io import atomic_path
 
 N = 20  # images per batch (and in the test batch) of the archives built per test

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import PROJECT_ROOT, shrink, write_params
 
 pytestmark = pytest.mark.slow

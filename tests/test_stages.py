@@ -99,6 +99,7 @@ def test_stage_commands_import_the_code_beside_them(tmp_path):
     from pathlib import Path
 
     import yaml
+
     from conftest import PROJECT_ROOT
 
     shutil.copytree(PROJECT_ROOT / "src", tmp_path / "src",

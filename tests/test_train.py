@@ -6,6 +6,7 @@ import torch
 from vitlens import training
 from vitlens.cifar import load_arrays
 from vitlens.errors import VitlensError
+from vitlens.model import load_model
 from vitlens.stages.train import run_training
 
 TIMING = ("epoch_seconds", "images_per_second")
@@ -102,7 +103,7 @@ def test_checkpoint_from_other_params_is_not_resumed(tiny_params, cifar_npz, tmp
 def test_model_file_rebuilds_the_model(tiny_params, cifar_npz, tmp_path):
     p = tiny_params(**{"tracking.enabled": False, "train.epochs": 1})
     stage(p, cifar_npz, tmp_path)
-    model, rec = training.load_model(tmp_path / "models" / "model.pt")
+    model, rec = load_model(tmp_path / "models" / "model.pt")
     assert rec["classes"][0] == "airplane" and len(rec["mean"]) == 3
     assert rec["params"]["model"]["dim"] == 32 and rec["model_config"]["depth"] == 2
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

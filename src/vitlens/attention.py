@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from vitlens.model import ViT
+
 
 def _check_tokens(attn: Tensor, grid: int) -> None:
     n = attn.shape[-1]
@@ -120,7 +122,7 @@ def mean_attention_distance(attns: Sequence[Tensor], grid: int, patch_size: int)
 
 
 @torch.no_grad()
-def attention_views(model: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def attention_views(model: ViT, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Logits, rollout maps (B, S, S) and last-layer per-head CLS maps (B, heads, S, S) at
     image size S, from the model's explicit-attention path in eval mode."""
     model.eval()
@@ -132,12 +134,13 @@ def attention_views(model: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor, 
 
 
 @torch.no_grad()
-def mean_attention_distance_over(model: torch.nn.Module, batches: Sequence[Tensor]) -> Tensor:
+def mean_attention_distance_over(model: ViT, batches: Sequence[Tensor]) -> Tensor:
     """mean_attention_distance averaged over normalised image batches, weighted by size."""
+    if not batches:
+        raise ValueError("mean_attention_distance_over needs at least one batch")
     model.eval()
-    total, n = None, 0
+    sums = []
     for x in batches:
         _, attns = model(x, return_attn=True)
-        d = mean_attention_distance(attns, model.grid, model.patch_size) * len(x)
-        total, n = (d if total is None else total + d), n + len(x)
-    return total / n
+        sums.append(mean_attention_distance(attns, model.grid, model.patch_size) * len(x))
+    return torch.stack(sums).sum(dim=0) / sum(len(x) for x in batches)

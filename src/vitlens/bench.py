@@ -11,29 +11,28 @@ import argparse
 import dataclasses
 import math
 import os
-import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from vitlens.bench_report import environment, loader_name, report
 from vitlens.config import ModelConfig, Params, load_params
-from vitlens.data import Split, batch_indices, channel_stats
+from vitlens.data import Normalizer, Split, batch_indices, channel_stats
+from vitlens.device import autocast, pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
 from vitlens.model import build_model
-from vitlens.training import VAL_BATCH, Normalizer, autocast, batch_maker, make_optimizer, \
-    pick_device
+from vitlens.timing import alternate, paired_speedup, summary, time_calls
+from vitlens.training import VAL_BATCH, batch_maker, make_optimizer
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32        # pixels; the pipelines produce CIFAR-sized images whatever the model
@@ -75,56 +74,6 @@ def settings(args: argparse.Namespace, params: Params, device: torch.device) -> 
         raise VitlensError(f"--batch-size {s.batch_size} must be <= the {s.images} "
                            "synthetic pipeline images")
     return s
-
-
-# --- timing -----------------------------------------------------------------------------
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> list[float]:
-    """Seconds of each of `n` calls, each ended by a device sync (CUDA runs asynchronously)."""
-    out = []
-    for _ in range(n):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def alternate(fns: dict[str, Callable[[], Any]], *, n: int, rounds: int,
-              device: torch.device) -> dict[str, list[list[float]]]:
-    """`n` timed calls of every fn, split into `rounds` blocks whose order flips each round;
-    seconds by round."""
-    times: dict[str, list[list[float]]] = {name: [] for name in fns}
-    order = list(fns)
-    rounds = max(1, min(rounds, n))
-    for r in range(rounds):
-        k = n // rounds + (r < n % rounds)
-        for name in order if r % 2 == 0 else order[::-1]:
-            times[name].append(time_calls(fns[name], k, device))
-    return times
-
-
-def summary(by_round: list[list[float]], images: int) -> dict[str, Any]:
-    """Median seconds per call and the images/s it gives; `images` per call."""
-    seconds = [t for r in by_round for t in r]
-    median = statistics.median(seconds)
-    return {"images_per_second": images / median, "median_s": median, "seconds": seconds,
-            "round_medians_s": [statistics.median(r) for r in by_round]}
-
-
-def paired_speedup(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """Median over rounds of a's speed over b's: a round's adjacent blocks share the same
-    background load, so this ratio survives load that changes between rounds."""
-    return statistics.median(tb / ta for ta, tb in zip(a["round_medians_s"],
-                                                       b["round_medians_s"]))
 
 
 # --- 1. train step: our ViT vs timm ---------------------------------------------------------
@@ -213,7 +162,7 @@ class TransformedImages(Dataset):
         return len(self.y)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        image = Image.fromarray(self.x[i]) if self.pil else self.x[i]
+        image = Image.fromarray(np.asarray(self.x[i])) if self.pil else self.x[i]
         return self.transform(image), self.y[i]
 
 
@@ -236,10 +185,6 @@ def ours_epoch(split: Split, norm: Normalizer, params: Params, batch_size: int,
         for idx in batch_indices(len(split), batch_size, order):
             batch(idx)
     return epoch
-
-
-def loader_name(kind: str, workers: int) -> str:
-    return f"dataloader_{kind}_{workers}_workers"
 
 
 def loader_epoch(loader: DataLoader, device: torch.device) -> Callable[[], None]:
@@ -321,7 +266,7 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     torch.manual_seed(0)
     models = {"eager": build_model(s.model, NUM_CLASSES).to(device),
               "compiled": build_model(s.model, NUM_CLASSES).to(device)}
-    fwds = {"eager": models["eager"], "compiled": torch.compile(models["compiled"])}
+    fwds = {"eager": models["eager"], "compiled": cast(nn.Module, torch.compile(models["compiled"]))}
     steps = {name: train_step(fwds[name], batch, params, device) for name in fwds}
     first = {name: time_calls(step, 1, device)[0] for name, step in steps.items()}
     for step in steps.values():
@@ -349,96 +294,12 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     return out
 
 
-# --- report -----------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    return {"device": str(device), "device_name": name, "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": import_timm().__version__}
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    """A markdown table; every column but the first right-aligned."""
-    align = ["---"] + ["---:"] * (len(header) - 1)
-    return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
-
-
-def sizes(m: dict[str, Any]) -> str:
-    return (f"dim {m['dim']}, depth {m['depth']}, heads {m['heads']}, patch {m['patch_size']}, "
-            f"mlp x{m['mlp_ratio']:g}, image {m['image_size']}")
-
-
-def pipeline_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = [("ours", "vitlens on-device crop/flip + normalise")]
-    if "ours_1_thread" in p:
-        rows.append(("ours_1_thread", "vitlens on-device, torch on 1 thread"))
-    images = {"tensor": "uint8 tensors", "pil": "PIL images"}
-    return rows + [(loader_name(kind, w), f"DataLoader, per-image transforms on {images[kind]}, "
-                    f"{w} workers") for kind, w in p["loaders"]]
-
-
-def model_table(m: dict[str, Any]) -> str:
-    rows = [[name, f"{m[k]['params']:,}", f"{m[k]['images_per_second']:.1f}",
-             f"{m[k]['median_s'] * 1e3:.1f}"]
-            for k, name in (("ours", "vitlens ViT"), ("timm", "timm VisionTransformer"))]
-    return (table(rows, ["train step", "params", "images/s", "median ms/step"])
-            + f"\n\nours / timm: {m['ratio_ours_over_timm']:.2f}x "
-            f"(median of per-round ratios: {m['paired_ratio_ours_over_timm']:.2f}x)")
-
-
-def pipeline_table(p: dict[str, Any]) -> str:
-    best = p[p["best_dataloader"]]["images_per_second"]
-    rows = [[name, f"{p[k]['images_per_second']:,.0f}", f"{p[k]['median_s'] * 1e3:.1f}",
-             f"{p[k]['images_per_second'] / best:.2f}x"] for k, name in pipeline_rows(p)]
-    header = [f"data pipeline ({p['images']:,} images)", "images/s", "median ms/epoch",
-              "vs best DataLoader"]
-    return (table(rows, header)
-            + f"\n\nours / best DataLoader: {p['ratio_ours_over_best_dataloader']:.2f}x "
-            f"(median of per-round ratios: {p['paired_ratio_ours_over_best_dataloader']:.2f}x)")
-
-
-def epoch_table(ep: dict[str, Any]) -> str:
-    if "skipped" in ep:
-        return f"epoch estimate skipped: {ep['skipped']}"
-    rows = [[k, f"{ep[k]['images_per_second']:,.0f}", f"{ep[k]['first_step_s']:.1f}",
-             f"{ep[k]['epoch_s']:.1f}", f"{ep[k]['total_s']:.0f}"] for k in ("eager", "compiled")]
-    n = ep["epochs"]
-    return table(rows, [f"{n}-epoch estimate ({ep['train_images']:,} train + "
-                        f"{ep['val_images']:,} val images/epoch)", "train images/s",
-                        "first step s", "s/epoch", f"s for {n} epochs"])
-
-
-def report(r: dict[str, Any]) -> str:
-    e, c = r["environment"], r["config"]
-    load = e["load_average_1m"]
-    head = [f"# vitlens bench: {e['device_name']} ({e['device']}, {e['threads']} threads, "
-            f"{e['precision']}), torch {e['torch']}, timm {e['timm']}",
-            f"batch {c['batch_size']}, {c['warmup']} warm-up + {c['steps']} timed steps per "
-            f"model in {c['rounds']} alternating rounds; model {sizes(c['model'])}",
-            f"1-minute load average: {load['before']:.2f} before, {load['after']:.2f} after"]
-    return "\n\n".join(["\n".join(head), model_table(r["models"]),
-                         pipeline_table(r["pipeline"]), epoch_table(r["epochs"])])
-
-
 def run_bench(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     load_before = os.getloadavg()[0]
     result: dict[str, Any] = {
-        "environment": environment(device),
+        "environment": environment(device, import_timm().__version__),
         "config": {"batch_size": s.batch_size, "steps": s.steps, "warmup": s.warmup,
                    "rounds": s.rounds, "pipeline_epochs": s.pipeline_epochs,
                    "model": dataclasses.asdict(s.model)},

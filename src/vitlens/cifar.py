@@ -144,6 +144,13 @@ def _check_member(m: tarfile.TarInfo) -> None:
         raise DataError(f"archive member {m.name!r} is a link or device, refused")
 
 
+def _read_file(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tar.extractfile(member)
+    if f is None:  # _read_members admits only regular files here; this is for the type checker
+        raise DataError(f"archive member {member.name!r} is not a regular file")
+    return f.read()
+
+
 def _read_members(archive: Path) -> dict[str, bytes]:
     """Read the batch and meta members into memory after checking every member is safe."""
     wanted = {f"{ROOT}/{n}" for n in (*TRAIN_BATCHES, TEST_BATCH, META)}
@@ -156,7 +163,7 @@ def _read_members(archive: Path) -> dict[str, bytes]:
             missing = sorted(wanted - {n for n, m in found.items() if m.isfile()})
             if missing:
                 raise DataError(f"{archive.name} lacks the file(s) {', '.join(missing)}")
-            return {PurePosixPath(n).name: tar.extractfile(m).read() for n, m in found.items()}
+            return {PurePosixPath(n).name: _read_file(tar, m) for n, m in found.items()}
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"{archive.name} is not a readable tar.gz archive (truncated or corrupt?): {e}") from None
 

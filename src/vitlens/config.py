@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -138,7 +139,7 @@ def _float_or_str(text: str) -> float | str:
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
 
-def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
+def _check_rules(key: str, value: Any, rules: Mapping[str, Any]) -> None:
     bounds = {"gt": (">", float.__gt__), "ge": (">=", float.__ge__),
               "lt": ("<", float.__lt__), "le": ("<=", float.__le__)}
     for rule, bound in rules.items():

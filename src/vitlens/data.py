@@ -6,7 +6,7 @@ is never what the GPU waits for.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -55,6 +55,21 @@ def normalize(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """uint8 (B, 3, H, W) -> float32 x * scale + shift in one pass; scale = 1 / (255 std) and
     shift = -mean / std are (1, 3, 1, 1), mean and std in [0, 1] units."""
     return torch.addcmul(shift, x, scale)
+
+
+@dataclass
+class Normalizer:
+    """uint8 images -> normalised floats with the training set's per-channel statistics."""
+    mean: list[float]
+    std: list[float]
+    _on: dict = field(default_factory=dict, repr=False, compare=False)  # device -> tensors
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.device not in self._on:  # one host-to-device copy, not one per batch
+            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1)
+                         for v in (self.mean, self.std))
+            self._on[x.device] = (1 / (255 * std), -mean / std)
+        return normalize(x, *self._on[x.device])
 
 
 class CropFlip:

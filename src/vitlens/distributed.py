@@ -8,13 +8,24 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vitlens.training import Dist
+
+@dataclass
+class Dist:
+    """This process's place among the training processes (world 1 = a plain process)."""
+    rank: int = 0
+    world: int = 1
+    reduce: Callable[[Tensor], Tensor] = field(default=lambda t: t)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
 
 def launched() -> bool:

@@ -1,4 +1,5 @@
-"""Test-set metrics: accuracy, loss, per-class accuracy and the confusion matrix."""
+"""Predictions and test-set metrics: logits of a split, accuracy, loss, per-class accuracy
+and the confusion matrix."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +7,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from vitlens.data import Normalizer, Split, batches
+from vitlens.device import autocast
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, norm: Normalizer, batch_size: int,
+            device: torch.device) -> Tensor:
+    """Logits (N, classes) in float32 on the CPU, in the order of the split."""
+    model.eval()
+    out = []
+    for xb, _ in batches(split, batch_size):
+        with autocast(device):
+            out.append(model(norm(xb)).float().cpu())
+    return torch.cat(out)
 
 
 @dataclass

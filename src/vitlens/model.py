@@ -2,11 +2,18 @@
 pre-norm encoder blocks, final norm and a linear head."""
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitlens.config import ModelConfig
+from vitlens.config import ModelConfig, Params
+from vitlens.errors import VitlensError
+
+MODEL_FORMAT = "vitlens-vit/1"
 
 
 class Attention(nn.Module):
@@ -141,7 +148,8 @@ def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weight matrices/kernels only: not biases, norms, CLS or positions."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -149,3 +157,30 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def model_record(model: ViT, params: Params, classes: list[str], *, mean: list[float],
+                 std: list[float], history: list[dict[str, float]], git_commit: str,
+                 run_id: str | None) -> dict[str, Any]:
+    """Everything needed to rebuild and use the model (the normalisation too); loads with
+    weights_only=True."""
+    return {"format": MODEL_FORMAT, "state_dict": model.state_dict(),
+            "model_config": asdict(params.model), "num_classes": len(classes),
+            "classes": classes, "mean": mean, "std": std,
+            "params": params.to_dict(), "git_commit": git_commit, "mlflow_run_id": run_id or "",
+            "history": history}
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ViT, dict]:
+    """Rebuild the model from a file the train stage wrote; one-line errors for bad files."""
+    try:
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise VitlensError(f"{path} not found: run the train stage first (dvc repro train)") from None
+    except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways
+        raise VitlensError(f"{path} is not a readable model file: {str(e).splitlines()[0]}") from None
+    if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
+        raise VitlensError(f"{path} is not a model written by the train stage")
+    model = build_model(ModelConfig(**rec["model_config"]), rec["num_classes"])
+    model.load_state_dict(rec["state_dict"])
+    return model.to(device).eval(), rec

@@ -47,6 +47,16 @@ def _retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
             time.sleep(0.2 * 2**attempt)
 
 
+EPOCH_METRICS = {"train_loss": "train/loss", "train_acc": "train/accuracy", "val_loss": "val/loss",
+                 "val_acc": "val/accuracy", "lr": "lr", "epoch_seconds": "epoch_seconds",
+                 "images_per_second": "images_per_second"}
+
+
+def epoch_metrics(row: dict[str, float]) -> dict[str, float]:
+    """History row -> MLflow metric names (`train/loss`, `val/accuracy`, ...)."""
+    return {EPOCH_METRICS[k]: v for k, v in row.items() if k in EPOCH_METRICS}
+
+
 class Run:
     """One MLflow run, written through MlflowClient so no global active-run state leaks."""
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import time
-from functools import partial
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -17,30 +17,25 @@ from tqdm import tqdm
 
 from vitlens.cifar import Cifar10
 from vitlens.config import Params, TrainConfig
-from vitlens.data import CropFlip, Split, batch_indices, batches, channel_stats, normalize, \
-    split_train_val, to_device
+from vitlens.data import (
+    CropFlip,
+    Normalizer,
+    Split,
+    batch_indices,
+    channel_stats,
+    split_train_val,
+    to_device,
+)
+from vitlens.device import autocast, pick_device
+from vitlens.distributed import Dist
 from vitlens.errors import VitlensError
-from vitlens.evaluation import evaluate_logits
+from vitlens.evaluation import evaluate_logits, predict
 from vitlens.io import atomic_path
 from vitlens.model import ViT, build_model, param_groups
+from vitlens.tracking import epoch_metrics
 
-MODEL_FORMAT = "vitlens-vit/1"
 CHECKPOINT_SECTIONS = ("data", "model", "train")
 VAL_BATCH = 500  # images per validation forward pass (a memory bound, not a hyperparameter)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VitlensError("train.device=cuda but no CUDA device is available (use auto or cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise VitlensError("train.device=mps but MPS is not available (use auto or cpu)")
-    return torch.device(name)
 
 
 def lr_at(step: int, *, total: int, warmup: int, lr: float, min_lr: float) -> float:
@@ -49,50 +44,6 @@ def lr_at(step: int, *, total: int, warmup: int, lr: float, min_lr: float) -> fl
         return lr * (step + 1) / warmup
     t = (step - warmup) / max(total - warmup, 1)
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-def autocast(device: torch.device) -> Any:
-    """bf16 on CUDA (no loss scaling needed), full fp32 elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-@dataclass
-class Normalizer:
-    """uint8 images -> normalised floats with the training set's per-channel statistics."""
-    mean: list[float]
-    std: list[float]
-    _on: dict = field(default_factory=dict, repr=False, compare=False)  # device -> tensors
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if x.device not in self._on:  # one host-to-device copy, not one per batch
-            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1)
-                         for v in (self.mean, self.std))
-            self._on[x.device] = (1 / (255 * std), -mean / std)
-        return normalize(x, *self._on[x.device])
-
-
-@torch.no_grad()
-def predict(model: nn.Module, split: Split, norm: Normalizer, batch_size: int,
-            device: torch.device) -> Tensor:
-    """Logits (N, classes) in float32 on the CPU, in the order of the split."""
-    model.eval()
-    out = []
-    for xb, _ in batches(split, batch_size):
-        with autocast(device):
-            out.append(model(norm(xb)).float().cpu())
-    return torch.cat(out)
-
-
-@dataclass
-class Dist:
-    """This process's place among the training processes (world 1 = a plain process)."""
-    rank: int = 0
-    world: int = 1
-    reduce: Callable[[Tensor], Tensor] = field(default=lambda t: t)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -266,7 +217,7 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
             print(f"resuming from {checkpoint} after epoch {start_epoch}")
     fwd = wrap(model)
     if t.compile:
-        fwd = torch.compile(fwd)
+        fwd = cast(nn.Module, torch.compile(fwd))
 
     schedule = partial(lr_at, total=total, warmup=warmup, lr=t.lr, min_lr=t.min_lr)
     batch = batch_maker(train_split, norm, t, gens["augment"])
@@ -300,36 +251,3 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
     return TrainResult(model, history, norm, device)
 
 
-def epoch_metrics(row: dict[str, float]) -> dict[str, float]:
-    """History row -> MLflow metric names (`train/loss`, `val/accuracy`, ...)."""
-    names = {"train_loss": "train/loss", "train_acc": "train/accuracy", "val_loss": "val/loss",
-             "val_acc": "val/accuracy", "lr": "lr", "epoch_seconds": "epoch_seconds",
-             "images_per_second": "images_per_second"}
-    return {names[k]: v for k, v in row.items() if k in names}
-
-
-def model_record(result: TrainResult, params: Params, classes: list[str], *,
-                 git_commit: str, run_id: str | None) -> dict:
-    """Everything needed to rebuild and use the model; loads with weights_only=True."""
-    return {"format": MODEL_FORMAT, "state_dict": result.model.state_dict(),
-            "model_config": asdict(params.model), "num_classes": len(classes),
-            "classes": classes, "mean": result.norm.mean, "std": result.norm.std,
-            "params": params.to_dict(), "git_commit": git_commit, "mlflow_run_id": run_id or "",
-            "history": result.history}
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ViT, dict]:
-    """Rebuild the model from a file the train stage wrote; one-line errors for bad files."""
-    from vitlens.config import ModelConfig
-
-    try:
-        rec = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise VitlensError(f"{path} not found: run the train stage first (dvc repro train)") from None
-    except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways
-        raise VitlensError(f"{path} is not a readable model file: {str(e).splitlines()[0]}") from None
-    if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
-        raise VitlensError(f"{path} is not a model written by the train stage")
-    model = build_model(ModelConfig(**rec["model_config"]), rec["num_classes"])
-    model.load_state_dict(rec["state_dict"])
-    return model.to(device).eval(), rec

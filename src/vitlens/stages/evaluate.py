@@ -8,11 +8,12 @@ from pathlib import Path
 from vitlens import plots, tracking
 from vitlens.cifar import load_arrays
 from vitlens.config import load_params
-from vitlens.data import to_device
+from vitlens.data import Normalizer, to_device
+from vitlens.device import pick_device
 from vitlens.errors import run_main
-from vitlens.evaluation import confusion_rows, evaluate_logits
+from vitlens.evaluation import confusion_rows, evaluate_logits, predict
 from vitlens.io import write_csv, write_json
-from vitlens.training import Normalizer, load_model, pick_device, predict
+from vitlens.model import load_model
 
 
 def run_evaluation(params_path: str, model_path: Path, data_path: Path, out_dir: Path,

@@ -12,10 +12,12 @@ import torch
 from vitlens import distributed, tracking
 from vitlens.cifar import Cifar10, load_arrays
 from vitlens.config import Params, load_params
+from vitlens.device import pick_device
+from vitlens.distributed import Dist
 from vitlens.errors import run_main
 from vitlens.io import atomic_path, write_csv
-from vitlens.training import Dist, checkpoint_digest, load_checkpoint, model_record, \
-    pick_device, train
+from vitlens.model import model_record
+from vitlens.training import checkpoint_digest, load_checkpoint, train
 
 
 def start_run(params: Params, previous_run_id: str, device: str,
@@ -58,7 +60,8 @@ def _train_and_write(params: Params, data: Cifar10, state: dict | None, dist: Di
                      checkpoint: Path, commit: str) -> None:
     result = train(params, data, checkpoint=checkpoint, state=state, dist=dist, run=run,
                    wrap=wrap)
-    record = model_record(result, params, data.classes, git_commit=commit,
+    record = model_record(result.model, params, data.classes, mean=result.norm.mean,
+                          std=result.norm.std, history=result.history, git_commit=commit,
                           run_id=run.id if run else None)
     with atomic_path(out) as tmp:
         torch.save(record, tmp)

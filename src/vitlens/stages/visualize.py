@@ -13,10 +13,12 @@ from vitlens import plots, tracking
 from vitlens.attention import attention_views, mean_attention_distance_over
 from vitlens.cifar import load_arrays
 from vitlens.config import VisualizeConfig, load_params
+from vitlens.data import Normalizer
+from vitlens.device import pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.evaluation import softmax_confidence
 from vitlens.io import write_csv, write_json
-from vitlens.training import Normalizer, load_model, pick_device
+from vitlens.model import load_model
 
 
 def select_examples(pred: np.ndarray, truth: np.ndarray, candidates: np.ndarray,
