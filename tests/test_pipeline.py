@@ -89,6 +89,18 @@ def test_repro_runs_every_stage_then_nothing(repo):
     sh(repo, "git", "commit", "-qm", "baseline run")
 
 
+def test_editing_a_figure_module_stales_the_figure_stages_not_training(repo):
+    plots = repo / "src/vitlens/plots.py"
+    original = plots.read_text()
+    plots.write_text(original + "\n# an edit\n")
+    try:
+        stale = set(json.loads(dvc(repo, "status", "--json")))
+    finally:
+        plots.write_text(original)
+    assert stale == {"evaluate", "visualize"}
+    assert json.loads(dvc(repo, "status", "--json")) == {}
+
+
 def test_exp_run_records_metrics_and_reruns_only_what_changed(repo):
     out = dvc(repo, "exp", "run", "-S", "train.epochs=2")
     assert stages_run(out) == ["train", "evaluate", "visualize"]
