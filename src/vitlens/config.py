@@ -186,6 +186,9 @@ def _cross_checks(p: Params) -> None:
     if t.warmup_epochs > t.epochs:
         raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} must be <= "
                           f"train.epochs={t.epochs}")
+    if t.batch_size % t.nproc:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by "
+                          f"train.nproc={t.nproc} (each process takes an equal share of a batch)")
     if t.min_lr > t.lr:
         raise ConfigError(f"train.min_lr={t.min_lr:g} must be <= train.lr={t.lr:g}")
     if not re.fullmatch(r"[0-9a-fA-F]{32}", p.data.md5):

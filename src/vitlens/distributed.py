@@ -50,7 +50,11 @@ def setup(device_type: str) -> tuple[Dist, Callable[[nn.Module], nn.Module]]:
     local_rank = int(os.environ["LOCAL_RANK"])
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
-    tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    tdist.init_process_group(backend)
+    if tdist.get_rank() == 0:
+        print(f"training in {tdist.get_world_size()} processes under torchrun "
+              f"(DistributedDataParallel, {backend} on {device_type})", flush=True)
     ids = [local_rank] if device_type == "cuda" else None
     return (Dist(tdist.get_rank(), tdist.get_world_size(), _all_reduce),
             lambda m: DistributedDataParallel(m, device_ids=ids))

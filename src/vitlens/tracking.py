@@ -96,8 +96,23 @@ class Run:
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     def reopen(self) -> None:
-        """Mark a resumed run RUNNING again (it was left KILLED or FAILED)."""
+        """Mark a resumed run RUNNING again (it was left KILLED or FAILED) and point its DVC
+        tags at the experiment resuming it, not the one that started it."""
         _retry(self.client.update_run, self.id, status="RUNNING")
+        now = dvc_tags()
+        for name in (n.lower() for n in DVC_VARIABLES):
+            if name in now:
+                _retry(self.client.set_tag, self.id, name, now[name])
+            elif name in _retry(self.client.get_run, self.id).data.tags:
+                _retry(self.client.delete_tag, self.id, name)
+
+    def log_missing_epochs(self, rows: list[dict[str, float]]) -> None:
+        """Log the history rows whose epoch the store lacks: a run killed between its
+        checkpoint and its metrics resumes with each epoch logged exactly once."""
+        logged = {m.step for m in _retry(self.client.get_metric_history, self.id, "val/loss")}
+        for row in rows:
+            if int(row["epoch"]) not in logged:
+                self.log_metrics(epoch_metrics(row), step=int(row["epoch"]))
 
     def finish(self, status: str) -> None:
         _retry(self.client.set_terminated, self.id, status)
@@ -167,10 +182,12 @@ def finishing(run: Run | None) -> Iterator[Run | None]:
         run.finish("FINISHED")
 
 
+DVC_VARIABLES = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "DVC_ROOT")
+
+
 def dvc_tags() -> dict[str, str]:
     """Tags that lead from an MLflow run back to its DVC experiment."""
-    names = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "DVC_ROOT")
-    return {n.lower(): os.environ[n] for n in names if os.environ.get(n)}
+    return {n.lower(): os.environ[n] for n in DVC_VARIABLES if os.environ.get(n)}
 
 
 def run_params(run_id: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

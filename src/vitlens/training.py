@@ -3,6 +3,7 @@ validation, atomic checkpoints that resume only under the params that wrote them
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,10 +37,12 @@ from vitlens.tracking import epoch_metrics
 
 CHECKPOINT_SECTIONS = ("data", "model", "train")
 VAL_BATCH = 500  # images per validation forward pass (a memory bound, not a hyperparameter)
+ETA_STEP = 20  # the first epoch's step after which the whole run's time is estimated
 
 
 def lr_at(step: int, *, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    """Linear warmup from 0 to lr over `warmup` steps, then cosine decay to min_lr."""
+    """Linear warmup over `warmup` steps (lr/warmup at step 0, lr at step warmup - 1), then
+    cosine decay to min_lr; no warmup starts the decay at lr."""
     if step < warmup:
         return lr * (step + 1) / warmup
     t = (step - warmup) / max(total - warmup, 1)
@@ -145,9 +148,10 @@ def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> to
 def _train_epoch(bar: tqdm, fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,
                  batch: Callable[[Tensor], tuple[Tensor, Tensor]], t: TrainConfig,
                  schedule: Callable[[int], float], step: int, epoch: int,
-                 device: torch.device) -> tuple[EpochStats, int, float]:
+                 device: torch.device, eta_total: int | None) -> tuple[EpochStats, int, float]:
     """One pass over this rank's batches (`bar` yields their indices, `batch` makes inputs
-    and labels of them); returns the running sums, the step and the last lr."""
+    and labels of them); returns the running sums, the step and the last lr. With
+    `eta_total` (the run's last step), prints an estimate of the rest after ETA_STEP steps."""
     fwd.train()
     stats, t0, lr = EpochStats(device), time.perf_counter(), schedule(step)
     for i, idx in enumerate(bar):
@@ -169,8 +173,18 @@ def _train_epoch(bar: tqdm, fwd: nn.Module, model: nn.Module, opt: torch.optim.O
             bar.set_postfix(loss=f"{_check_finite(loss, epoch, step):.3f}",
                             acc=f"{stats.accuracy():.3f}",
                             img_s=f"{(i + 1) * t.batch_size / (time.perf_counter() - t0):.0f}")
+        if eta_total is not None and i == ETA_STEP:
+            per_step = (time.perf_counter() - t0) / (i + 1)
+            bar.write(f"estimate: {format_seconds(per_step * (eta_total - step))} of training "
+                      f"for the {eta_total - step} steps left ({per_step * 1e3:.0f} ms/step), "
+                      "plus validation")
     bar.close()
     return stats, step, lr
+
+
+def format_seconds(s: float) -> str:
+    """`95 s`, `12.5 min` or `1.6 h`: the unit a person reads an ETA in."""
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def checkpoint_digest(params: Params) -> str:
@@ -228,8 +242,9 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
                                  rank=dist.rank, world=dist.world),
                    total=steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", leave=False,
                    disable=not dist.main, mininterval=1.0)
+        first = epoch == start_epoch + 1 and dist.main
         stats, step, lr = _train_epoch(bar, fwd, model, opt, batch, t, schedule, step, epoch,
-                                       device)
+                                       device, total if first else None)
         train_loss, train_acc = stats.result(dist)
         train_seconds = time.perf_counter() - t0
         val = evaluate_logits(predict(model, val_split, norm, VAL_BATCH, device),
@@ -241,13 +256,17 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
                "images_per_second": steps_per_epoch * t.batch_size / train_seconds}
         history.append(row)
         if dist.main:
+            mean_s = statistics.mean(r["epoch_seconds"] for r in history[start_epoch:])
             print(f"epoch {epoch:3d}/{t.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                   f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.2e}  "
-                  f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s", flush=True)
-            if run is not None:
-                run.log_metrics(epoch_metrics(row), step=epoch)
+                  f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s  "
+                  f"eta {format_seconds(mean_s * (t.epochs - epoch))}", flush=True)
+            # Checkpoint, then log: a kill in between leaves the epoch unlogged, and the
+            # resumed run logs what its checkpoint holds but the store lacks (exactly once).
             save_checkpoint(checkpoint_state(model, opt, epoch, step, history, digest,
                                              run.id if run is not None else None), checkpoint)
+            if run is not None:
+                run.log_metrics(epoch_metrics(row), step=epoch)
     return TrainResult(model, history, norm, device)
 
 

@@ -46,6 +46,8 @@ def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
         if dist.main:
             commit = tracking.git_commit()
             run = start_run(params, state["run_id"] if state else "", str(device), commit)
+            if run is not None and state is not None:
+                run.log_missing_epochs(state["history"])
             with tracking.finishing(run):
                 _train_and_write(params, data, state, dist, wrap, run, out, history_path,
                                  checkpoint, commit)
