@@ -10,12 +10,15 @@ import torch
 
 from vitlens.attention import (
     attention_rollout,
+    attention_views,
     cls_attention_maps,
     cls_rollout_map,
     mean_attention_distance,
+    mean_attention_distance_over,
     patch_distances,
     upsample_map,
 )
+from vitlens.model import ViT
 
 
 def random_attns(layers: int, batch: int, heads: int, n: int, seed: int = 0) -> list[torch.Tensor]:
@@ -221,3 +224,33 @@ def test_mean_distance_is_per_layer_and_head_and_averaged_over_the_batch():
     u = brute_force_uniform_distance(grid, ps)
     expected = torch.tensor([[0.0, u], [u / 2, u / 2]])
     torch.testing.assert_close(mad, expected)
+
+
+def tiny_vit() -> ViT:
+    torch.manual_seed(0)
+    return ViT(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4,
+               mlp_ratio=2.0).eval()
+
+
+def test_attention_views_maps_hold_the_cls_mass_on_patches():
+    """Rollout maps sum to 1 over the image's patches; each head's map sums to what CLS puts
+    on the patches, 1 minus its attention to itself (per-head maps are not renormalised)."""
+    model, x = tiny_vit(), torch.randn(3, 3, 32, 32)
+    logits, rollout, heads = attention_views(model, x)
+    ps2 = model.patch_size ** 2  # a patch's value repeats over its ps x ps pixels
+    assert logits.shape == (3, 10) and heads.shape == (3, 4, 32, 32)
+    assert torch.allclose(rollout.sum(dim=(-2, -1)) / ps2, torch.ones(3), atol=1e-5)
+    with torch.no_grad():
+        cls_self = model(x, return_attn=True)[1][-1][:, :, 0, 0]  # (B, heads)
+    assert torch.allclose(heads.sum(dim=(-2, -1)) / ps2, 1 - cls_self, atol=1e-5)
+    assert (cls_self < 0.9).all()  # so the check above tells the two sums apart
+
+
+def test_mean_attention_distance_over_weights_batches_by_size():
+    model, x = tiny_vit(), torch.randn(5, 3, 32, 32)
+    whole = mean_attention_distance_over(model, [x])
+    uneven = mean_attention_distance_over(model, [x[:4], x[4:]])
+    assert torch.allclose(uneven, whole, atol=1e-5)
+    unweighted = (mean_attention_distance_over(model, [x[:4]])
+                  + mean_attention_distance_over(model, [x[4:]])) / 2
+    assert not torch.allclose(unweighted, whole, atol=1e-5)  # the test can tell them apart

@@ -1,15 +1,14 @@
-"""CUDA-only checks, skipped without a GPU: the bf16 training path learns, and a training
-step (input pipeline, forward, backward, clipping, fused AdamW, running stats) never waits
-on the host, which is what keeps the GPU busy."""
+"""CUDA-only checks of the real training loop, skipped without a GPU: the bf16 path learns,
+and an epoch's host syncs do not grow with its steps (a per-step sync would let the GPU idle
+while the CPU waits, every step)."""
+import warnings
+from collections.abc import Callable
+
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from vitlens import training
 from vitlens.cifar import load_arrays
-from vitlens.data import Split
-from vitlens.model import build_model
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -22,35 +21,27 @@ def test_bf16_training_learns_on_cuda(tiny_params, cifar_npz, tmp_path):
     assert result.history[-1]["val_acc"] > 0.3
 
 
-def test_train_step_never_syncs_with_the_host(tiny_params):
-    params = tiny_params(**{"train.device": "cuda"})
-    dev, t = torch.device("cuda"), params.train
-    split = Split(torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, device=dev),
-                  torch.randint(0, 10, (512,), device=dev))
-    norm = training.Normalizer([0.5] * 3, [0.25] * 3)
-    batch = training.batch_maker(split, norm, t, torch.Generator(dev).manual_seed(0))
-    model = build_model(params.model, 10).to(dev)
-    opt = training.make_optimizer(model, t, dev)
-    stats = training.EpochStats(dev)
-    idx = torch.arange(t.batch_size, device=dev)
+def host_syncs(fn: Callable[[], object]) -> int:
+    """How many synchronizing CUDA calls `fn` makes (torch's sync debug mode warns on each)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
-    def step() -> None:
-        x, y = batch(idx)
-        with training.autocast(dev):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        stats.add(loss, logits, y)
 
-    step()  # first calls create cached device tensors (normalisation constants, optimizer state)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):
-            step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert stats.n == 4 * t.batch_size
+def test_an_epochs_host_syncs_do_not_grow_with_its_steps(tiny_params, cifar_npz, tmp_path):
+    data = load_arrays(cifar_npz)
+
+    def epoch(subset: int) -> Callable[[], object]:
+        # 5 or 11 steps of 32 images: both below the progress bar's sync every 20 steps
+        params = tiny_params(**{"train.device": "cuda", "train.epochs": 1,
+                                "data.train_subset": subset})
+        return lambda: training.train(params, data, checkpoint=tmp_path / f"{subset}.pt")
+
+    epoch(160)()  # CUDA context, cuBLAS handles and kernels are made once, not counted
+    few, many = host_syncs(epoch(160)), host_syncs(epoch(352))
+    assert few == many, f"{few} syncs in a 5-step epoch, {many} in an 11-step one"

@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from vitlens.config import ModelConfig
-from vitlens.data import CropFlip
-from vitlens.model import ViT, build_model, param_groups
+from vitlens.model import DropPath, ViT, build_model, param_groups
 
 
 def tiny(**kw) -> ViT:
@@ -85,58 +84,14 @@ def test_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def crop_flip(x: torch.Tensor, *, padding: int, flip: bool, seed: int) -> torch.Tensor:
-    return CropFlip(x, padding=padding, flip=flip)(torch.arange(len(x)),
-                                                   torch.Generator().manual_seed(seed))
-
-
-def test_crop_flip_moves_whole_images_only():
-    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).view(2, 3, 32, 32).to(torch.uint8)
-    same = crop_flip(x, padding=0, flip=False, seed=0)
-    assert torch.equal(same, x)
-    out = crop_flip(x, padding=4, flip=True, seed=0)
-    assert out.shape == x.shape and out.dtype == torch.uint8
-    # A crop of the zero-padded image: every output pixel is 0 or a pixel of the same image.
-    for i in range(2):
-        values = set(x[i].flatten().tolist()) | {0}
-        assert set(out[i].flatten().tolist()) <= values
-
-
-def crops_of(image: torch.Tensor) -> list[torch.Tensor]:
-    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
-    return [padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
-
-
-def test_crop_is_a_shift_of_the_padded_image():
-    x = torch.randint(1, 255, (64, 3, 32, 32), dtype=torch.uint8)
-    out = crop_flip(x, padding=4, flip=False, seed=1)
-    shifts = set()
-    for i in range(64):
-        hits = [k for k, c in enumerate(crops_of(x[i])) if torch.equal(c, out[i])]
-        assert hits, f"image {i} is not a crop of its padded self"
-        shifts.update(hits)
-    assert len(shifts) > 20  # the shifts vary: 81 are possible
-
-
-def test_flip_mirrors_a_crop():
-    x = torch.randint(1, 255, (32, 3, 32, 32), dtype=torch.uint8)
-    out = crop_flip(x, padding=4, flip=True, seed=2)
-    flipped = 0
-    for i in range(32):
-        crops = crops_of(x[i])
-        plain = any(torch.equal(c, out[i]) for c in crops)
-        mirrored = any(torch.equal(c.flip(-1), out[i]) for c in crops)
-        assert plain or mirrored, f"image {i} is neither a crop nor a mirrored crop"
-        flipped += mirrored and not plain
-    assert 0 < flipped < 32  # both kinds occur
-
-
-def test_crop_flip_picks_the_indexed_images():
-    x = torch.randint(1, 255, (10, 3, 32, 32), dtype=torch.uint8)
-    idx = torch.tensor([7, 2, 2, 9])
-    out = CropFlip(x, padding=0, flip=False)(idx, torch.Generator().manual_seed(0))
-    assert torch.equal(out, x[idx])
-    out = CropFlip(x, padding=4, flip=True)(idx, torch.Generator().manual_seed(0))
-    for i, j in enumerate(idx.tolist()):
-        assert any(torch.equal(c, out[i]) or torch.equal(c.flip(-1), out[i])
-                   for c in crops_of(x[j]))
+def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
+    torch.manual_seed(0)
+    drop = DropPath(0.3).train()
+    x = torch.ones(20_000, 5, 4)
+    out = drop(x)
+    per_sample = out.flatten(1)
+    # Each sample is either dropped whole (0) or kept whole and rescaled by 1 / (1 - p).
+    assert torch.all((per_sample == 0).all(1) | torch.isclose(per_sample, torch.tensor(1 / 0.7)).all(1))
+    assert (per_sample[:, 0] == 0).float().mean().item() == pytest.approx(0.3, abs=0.015)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.02)
+    assert torch.equal(drop.eval()(x), x)

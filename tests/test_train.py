@@ -42,6 +42,14 @@ def test_lr_schedule_warms_up_then_decays():
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
 
 
+def test_lr_schedule_without_warmup_starts_at_the_peak():
+    lrs = [training.lr_at(s, total=50, warmup=0, lr=1.0, min_lr=0.0) for s in range(51)]
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[25] == pytest.approx(0.5)  # cosine half way
+    assert all(a > b for a, b in zip(lrs[:50], lrs[1:50]))
+    assert lrs[50] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_same_params_same_metrics(tiny_params, cifar_npz, tmp_path):
     p = tiny_params(**{"model.dropout": 0.1, "model.drop_path": 0.1})
     a = fit(p, cifar_npz, tmp_path / "a")
