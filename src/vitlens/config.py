@@ -90,6 +90,7 @@ class TrackingConfig:
     enabled: bool = spec()
     experiment: str = spec()
     log_model: bool = spec()
+    registered_model: str = spec()
 
 
 @dataclass(frozen=True)

@@ -65,11 +65,15 @@ class Normalizer:
     _on: dict = field(default_factory=dict, repr=False, compare=False)  # device -> tensors
 
     def __call__(self, x: Tensor) -> Tensor:
-        if x.device not in self._on:  # one host-to-device copy, not one per batch
-            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1)
+        return normalize(x, *self.tensors(x.device))
+
+    def tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(scale, shift), each (1, 3, 1, 1) on `device`: what `normalize` takes."""
+        if device not in self._on:  # one host-to-device copy, not one per batch
+            mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1)
                          for v in (self.mean, self.std))
-            self._on[x.device] = (1 / (255 * std), -mean / std)
-        return normalize(x, *self._on[x.device])
+            self._on[device] = (1 / (255 * std), -mean / std)
+        return self._on[device]
 
 
 class CropFlip:

@@ -2,15 +2,23 @@
 
 The store defaults to `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlartifacts`, where
 root is `$DVC_ROOT` (the main repository even inside `dvc exp run --temp/--queue` copies, which
-DVC deletes afterwards) or the current directory. `MLFLOW_TRACKING_URI` overrides it.
+DVC deletes afterwards) or the current directory. `MLFLOW_TRACKING_URI` overrides it; with
+an http(s) server, artifacts go where the server keeps them (through it, when it proxies them).
+
+A run outlives an unreachable server: the first failed call prints one warning, later calls
+are skipped (no more waiting on retries), and `Run.finish` prints one line of what was not
+logged. How long a call waits is MLflow's: MLFLOW_HTTP_REQUEST_MAX_RETRIES (default 7, with
+exponential backoff) and MLFLOW_HTTP_REQUEST_TIMEOUT (default 120 s per request).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,23 @@ def git_commit(cwd: str | os.PathLike = ".") -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def _unreachable(e: BaseException) -> bool:
+    """Whether `e` (or what it wraps) is a network failure: MLflow's REST client raises an
+    MlflowException whose context is the requests ConnectionError or timeout."""
+    import requests
+
+    cur: BaseException | None = e
+    while cur is not None:
+        if isinstance(cur, (requests.RequestException, ConnectionError, TimeoutError)):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def _retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """SQLite allows one writer at a time; parallel queued experiments can see 'locked'."""
     for attempt in range(8):
@@ -58,42 +83,82 @@ def epoch_metrics(row: dict[str, float]) -> dict[str, float]:
 
 
 class Run:
-    """One MLflow run, written through MlflowClient so no global active-run state leaks."""
+    """One MLflow run, written through MlflowClient and `run_id` arguments, never
+    `mlflow.start_run`: no global active-run state leaks, and nothing but `finish` ends it."""
 
     def __init__(self, client: Any, run_id: str):
         self.client, self.id = client, run_id
+        self.lost: list[str] = []  # what was not logged since the store became unreachable
+
+    def _log(self, what: str, call: Callable[[], Any]) -> Any:
+        """`call()`, unless the store has been unreachable before; an unreachable store is
+        noted, not raised, so a long training outlives its tracking server."""
+        if not self.lost:
+            try:
+                return call()
+            except Exception as e:  # noqa: BLE001 - anything but a network failure is re-raised
+                if not _unreachable(e):
+                    raise
+                print(f"warning: MLflow at {tracking_uri()} is unreachable ({_first_line(e)}); "
+                      f"going on without logging to run {self.id}", file=sys.stderr, flush=True)
+        self.lost.append(what)
+        return None
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            _retry(self.client.log_batch, self.id, params=items[i:i + 100])
+            self._log("params", partial(_retry, self.client.log_batch, self.id,
+                                        params=items[i:i + 100]))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
-        _retry(self.client.log_batch, self.id, metrics=items)
+        what = f"epoch {step} metrics" if step else ", ".join(metrics)
+        self._log(what, lambda: _retry(self.client.log_batch, self.id, metrics=items))
 
     def log_artifact(self, path: str | os.PathLike, artifact_dir: str) -> None:
-        _retry(self.client.log_artifact, self.id, str(path), artifact_dir)
+        self._log(f"{artifact_dir}/{Path(path).name}",
+                  lambda: _retry(self.client.log_artifact, self.id, str(path), artifact_dir))
 
-    def log_model(self, model: Any, example: Any) -> None:
-        """The model with a signature and an input example; pip requirements are given so
-        MLflow does not infer them (slow, and it may try the network)."""
+    def log_model(self, model: Any, example: Any, *, classes: list[str],
+                  registered_model: str) -> str | None:
+        """Log `model` (a CPU module in eval mode) in MLflow's pt2 format, with `example` (a
+        numpy batch) as its input example and the signature `example` -> output; register it
+        under `registered_model` unless that is empty. Returns the URI to load it by
+        (`models:/<name>/<version>` when registered), None if the store is unreachable.
+
+        pip requirements are given so MLflow does not infer them (slow, and it may try the
+        network); `classes` go into the model's metadata to name the output columns."""
         import mlflow
         import mlflow.pytorch
-        import numpy as np
         import torch
         from mlflow.models import infer_signature
 
         with torch.no_grad():
-            out = model(example).float().cpu().numpy()
-        inp = example.cpu().numpy().astype(np.float32)
-        with mlflow.start_run(run_id=self.id):
-            mlflow.pytorch.log_model(model, name="model", signature=infer_signature(inp, out),
-                                     input_example=inp,
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            out = model(torch.from_numpy(example)).numpy()
+        pins = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+
+        def log() -> Any:
+            # No `mlflow.start_run`, whose exit would mark the run FINISHED mid-stage: the
+            # model is created in the run's experiment (without an active run MLflow would
+            # pick the default one) and run_id goes through to mlflow.models.Model.log.
+            run = _retry(self.client.get_run, self.id)
+            logged = mlflow.initialize_logged_model(
+                name="model", source_run_id=self.id, experiment_id=run.info.experiment_id,
+                params=dict(run.data.params))
+            return mlflow.pytorch.log_model(
+                model, name="model", signature=infer_signature(example, out),
+                input_example=example, pip_requirements=pins, metadata={"classes": list(classes)},
+                registered_model_name=registered_model or None, model_id=logged.model_id,
+                run_id=self.id)
+        info = self._log("the model", log)
+        if info is None:
+            return None
+        if registered_model:
+            return f"models:/{registered_model}/{info.registered_model_version}"
+        return str(info.model_uri)
 
     def reopen(self) -> None:
         """Mark a resumed run RUNNING again (it was left KILLED or FAILED) and point its DVC
@@ -115,7 +180,10 @@ class Run:
                 self.log_metrics(epoch_metrics(row), step=int(row["epoch"]))
 
     def finish(self, status: str) -> None:
-        _retry(self.client.set_terminated, self.id, status)
+        self._log(f"status {status}", lambda: _retry(self.client.set_terminated, self.id, status))
+        if self.lost:
+            print(f"warning: not logged to MLflow run {self.id} at {tracking_uri()}: "
+                  f"{', '.join(self.lost)}", file=sys.stderr, flush=True)
 
 
 def _client() -> Any:
@@ -132,7 +200,10 @@ def _experiment_id(client: Any, name: str) -> str:
     exp = _retry(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
-    artifacts = (project_root() / "mlartifacts").as_uri()
+    # A server keeps the artifacts where it is told to (proxied through it by default); a
+    # path on this machine would be wrong for everyone else.
+    remote = tracking_uri().startswith(("http://", "https://"))
+    artifacts = None if remote else (project_root() / "mlartifacts").as_uri()
     try:
         return _retry(client.create_experiment, name, artifact_location=artifacts)
     except Exception:  # noqa: BLE001 - another process may have created it first
@@ -144,9 +215,15 @@ def _experiment_id(client: Any, name: str) -> str:
 
 def create_run(experiment: str, run_name: str | None, tags: dict[str, Any]) -> Run:
     client = _client()
-    exp_id = _experiment_id(client, experiment)
-    run = _retry(client.create_run, exp_id, run_name=run_name,
-                 tags={k: str(v) for k, v in tags.items()})
+    try:
+        exp_id = _experiment_id(client, experiment)
+        run = _retry(client.create_run, exp_id, run_name=run_name,
+                     tags={k: str(v) for k, v in tags.items()})
+    except Exception as e:  # noqa: BLE001 - only a network failure becomes a one-line error
+        if not _unreachable(e):
+            raise
+        raise VitlensError(f"MLflow at {tracking_uri()} is unreachable ({_first_line(e)}): start "
+                           "it, fix MLFLOW_TRACKING_URI, or set tracking.enabled=false") from None
     return Run(client, run.info.run_id)
 
 
@@ -154,8 +231,8 @@ def _get_run(client: Any, run_id: str) -> Any:
     try:
         return _retry(client.get_run, run_id)
     except Exception as e:  # noqa: BLE001 - MlflowException for a run the store lacks
-        raise VitlensError(f"MLflow run {run_id} not found in {tracking_uri()}: "
-                           f"{str(e).splitlines()[0]}") from None
+        what = "cannot be read from an unreachable" if _unreachable(e) else "not found in"
+        raise VitlensError(f"MLflow run {run_id} {what} {tracking_uri()}: {_first_line(e)}") from None
 
 
 def open_run(run_id: str) -> Run:

@@ -16,7 +16,8 @@ from vitlens.device import pick_device
 from vitlens.distributed import Dist
 from vitlens.errors import run_main
 from vitlens.io import atomic_path, write_csv
-from vitlens.model import model_record
+from vitlens.model import load_model, model_record
+from vitlens.serving import pixel_classifier, to_pixels
 from vitlens.training import checkpoint_digest, load_checkpoint, train
 
 
@@ -68,13 +69,18 @@ def _train_and_write(params: Params, data: Cifar10, state: dict | None, dist: Di
     with atomic_path(out) as tmp:
         torch.save(record, tmp)
     write_csv(history_path, result.history)
+    model_uri = None
     if run is not None:
         run.log_artifact(history_path, "history")
         if params.tracking.log_model:
-            example = result.norm(torch.from_numpy(data.x_test[:2]).to(result.device))
-            run.log_model(result.model.eval(), example)
+            # Exported from the file just written, on the CPU: the served model is model.pt.
+            # Two real test images: a batch of one would fix the exported batch size at 1.
+            model_uri = run.log_model(pixel_classifier(*load_model(out)),
+                                      to_pixels(data.x_test[:2]), classes=data.classes,
+                                      registered_model=params.tracking.registered_model)
     checkpoint.unlink(missing_ok=True)
-    print(f"wrote {out} and {history_path}" + (f"; MLflow run {run.id}" if run else ""))
+    print(f"wrote {out} and {history_path}" + (f"; MLflow run {run.id}" if run else "")
+          + (f", model {model_uri}" if model_uri else ""))
 
 
 def main() -> None:
