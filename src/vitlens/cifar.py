@@ -1,12 +1,15 @@
 """Fetch, verify and safely read the CIFAR-10 python archive into compact arrays.
 
 Nothing from the archive is trusted: the MD5 is checked before anything is opened, every
-member must be a plain file or folder inside the archive, and batches are unpickled by an
-unpickler that can build only dicts, lists, strings, numbers and uint8 numpy arrays.
+member must be a plain file or folder with a relative path (nothing is extracted to disk:
+members are read into memory), batches are unpickled by an unpickler that admits only
+numpy's array reconstruction besides plain dicts, lists, strings and numbers, and the arrays'
+dtype and shape are checked after loading.
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import pickle
 import tarfile
@@ -61,17 +64,28 @@ def local_path(url: str) -> Path | None:
 
 
 def _is_transient(err: Exception) -> bool:
+    """Network trouble that a later attempt may not meet; local failures (a full disk, a
+    permission) are not network errors and never reach here (see _stream)."""
     if isinstance(err, urllib.error.HTTPError):
         return err.code >= 500 or err.code in (408, 429)
-    return isinstance(err, (urllib.error.URLError, TimeoutError, ConnectionError, OSError))
+    return isinstance(err, (urllib.error.URLError, TimeoutError, ConnectionError,
+                            http.client.HTTPException))
 
 
 def _stream(url: str, dest: Path, timeout_s: float) -> None:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp, open(dest, "wb") as f:
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
         total = int(resp.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
+        try:
+            f = open(dest, "wb")
+        except OSError as e:
+            raise DataError(f"cannot write the download to {dest}: {e.strerror or e}") from None
+        with f, tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
             while chunk := resp.read(1 << 20):
-                f.write(chunk)
+                try:
+                    f.write(chunk)
+                except OSError as e:
+                    raise DataError(f"cannot write the download to {dest}: "
+                                    f"{e.strerror or e}") from None
                 bar.update(len(chunk))
 
 
@@ -82,6 +96,8 @@ def download(url: str, dest: Path, *, retries: int, timeout_s: float,
         try:
             _stream(url, dest, timeout_s)
             return
+        except DataError:
+            raise
         except Exception as e:  # noqa: BLE001 - classified just below
             reason = getattr(e, "reason", None) or e
             if not _is_transient(e) or attempt == retries:
@@ -139,7 +155,7 @@ def _unpickle(raw: bytes, name: str) -> dict:
 def _check_member(m: tarfile.TarInfo) -> None:
     p = PurePosixPath(m.name)
     if p.is_absolute() or ".." in p.parts:
-        raise DataError(f"archive member {m.name!r} would land outside the target directory")
+        raise DataError(f"archive member {m.name!r} has an absolute or parent-relative path, refused")
     if not (m.isfile() or m.isdir()):
         raise DataError(f"archive member {m.name!r} is a link or device, refused")
 
