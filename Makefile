@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup repro repro-cpu test test-fast ui bench clean
+.PHONY: setup repro repro-cpu test test-fast lint ui bench gpu-check clean
 
 # The CPU preset: a 0.8M-parameter ViT sized for under 45 minutes of training on 2 CPU cores.
 CPU_PRESET := -S model.dim=128 -S model.depth=6 -S model.heads=4 -S model.drop_path=0.0 \
@@ -33,11 +33,21 @@ test: setup
 test-fast: setup
 	pytest -q -m "not slow"
 
+lint: setup
+	ruff check src tests
+	mypy
+
 ui: setup
 	python -m vitlens.ui
 
 bench: setup
 	python -m vitlens.bench
+
+# The one-go GPU check (README: "The GPU check"). No `setup`: it runs from a plain checkout
+# with PyTorch and no venv, DVC, MLflow or git. EXTRA="--out DIR --budget-s 480 ..."
+gpu-check:
+	@test -n "$(ARCHIVE)" -a -n "$(MD5)" || { echo "usage: make gpu-check ARCHIVE=cifar-10-python.tar.gz MD5=<its md5> [EXTRA=...]" >&2; exit 2; }
+	PYTHONPATH=src $(PY) -m vitlens.gpu_check --archive $(ARCHIVE) --md5 $(MD5) $(EXTRA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
