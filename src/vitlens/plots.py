@@ -251,3 +251,21 @@ def _colorbar(fig: Figure, norm: Normalize, ax: Axes | list[Axes],
     bar = fig.colorbar(ScalarMappable(norm, MAP_CMAP), ax=ax, shrink=0.9, aspect=15)
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
+
+
+def prediction_overlay(picture: np.ndarray, small: np.ndarray, m: np.ndarray,
+                       top: Sequence[tuple[str, float]], *, title: str,
+                       map_name: str = "attention rollout") -> Figure:
+    """A picture of any source: what the model saw (`small`, (3, S, S)), and the map `m`
+    (S, S) stretched over `picture` (3, H, W), the same square crop at a size people can read.
+    The title names the top classes with their probabilities in [0, 1]."""
+    _check_images(small[None])
+    _check_maps(small[None], m[None])
+    fig = Figure(figsize=(7.2, 3.9), layout="constrained")
+    seen, where = fig.subplots(1, 2)
+    _show_image(seen, small)
+    seen.set_title(f"what the model sees ({small.shape[-1]}x{small.shape[-2]})", fontsize=9)
+    _colorbar(fig, _overlay(where, picture, m), where)
+    where.set_title(map_name, fontsize=9)
+    fig.suptitle(f"{title}\n" + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top), fontsize=10)
+    return fig
