@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup repro repro-cpu test test-fast lint ui bench gpu-check clean
+.PHONY: setup repro repro-cpu test test-fast lint ui predict bench gpu-check clean
 
 # The CPU preset: a 0.8M-parameter ViT sized for under 45 minutes of training on 2 CPU cores.
 CPU_PRESET := -S model.dim=128 -S model.depth=6 -S model.heads=4 -S model.drop_path=0.0 \
@@ -39,6 +39,10 @@ lint: setup
 
 ui: setup
 	python -m vitlens.ui
+
+# make predict IMAGES="photo.jpg shots/" EXTRA="--top-k 5 --out overlays"
+predict: setup
+	python -m vitlens.predict $(IMAGES) $(EXTRA)
 
 bench: setup
 	python -m vitlens.bench
