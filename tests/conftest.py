@@ -185,6 +185,7 @@ def shrink(raw: dict, archive: Archive) -> dict:
                         compile=False, threads=0, nproc=1)
     raw["evaluate"].update(batch_size=64)
     raw["visualize"].update(num_images=4, distance_images=48)
+    raw["faithfulness"].update(images=12, steps=8, batch_size=8, bootstrap=200, show_images=2)
     raw["tracking"].update(experiment="tests", log_model=True)
     return raw
 

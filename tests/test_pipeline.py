@@ -81,7 +81,7 @@ def runs_by_exp_name(repo: Path) -> dict:
 
 def test_repro_runs_every_stage_then_nothing(repo):
     out = dvc(repo, "repro")
-    assert stages_run(out) == ["download", "train", "evaluate", "visualize"]
+    assert stages_run(out) == ["download", "train", "evaluate", "visualize", "faithfulness"]
     assert (repo / "dvc.lock").is_file()
     assert json.loads((repo / "reports/metrics.json").read_text())["accuracy"] > 0.2
     assert stages_run(dvc(repo, "repro")) == []
@@ -97,13 +97,13 @@ def test_editing_a_figure_module_stales_the_figure_stages_not_training(repo):
         stale = set(json.loads(dvc(repo, "status", "--json")))
     finally:
         plots.write_text(original)
-    assert stale == {"evaluate", "visualize"}
+    assert stale == {"evaluate", "visualize", "faithfulness"}
     assert json.loads(dvc(repo, "status", "--json")) == {}
 
 
 def test_exp_run_records_metrics_and_reruns_only_what_changed(repo):
     out = dvc(repo, "exp", "run", "-S", "train.epochs=2")
-    assert stages_run(out) == ["train", "evaluate", "visualize"]
+    assert stages_run(out) == ["train", "evaluate", "visualize", "faithfulness"]
     name = re.search(r"Ran experiment\(s\): (\S+)", out).group(1)
     show = json.loads(dvc(repo, "exp", "show", "--json"))
     exps = {r["name"]: r["data"] for c in show for e in (c.get("experiments") or [])
@@ -156,7 +156,8 @@ def test_a_run_is_reproduced_from_its_mlflow_tags(repo, tmp_path):
     sh(copy_dir, sys.executable, "-m", "vitlens.reproduce", run.info.run_id,
        "--out", "params.yaml", MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}")
     # The reproduction itself logs to a store of its own, in its own directory.
-    assert stages_run(dvc(copy_dir, "repro")) == ["download", "train", "evaluate", "visualize"]
+    assert stages_run(dvc(copy_dir, "repro")) == ["download", "train", "evaluate", "visualize",
+                                                   "faithfulness"]
     metrics = json.loads((copy_dir / "reports/metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(run.data.metrics["test/accuracy"], abs=1e-6)
     assert metrics["loss"] == pytest.approx(run.data.metrics["test/loss"], rel=1e-5)

@@ -67,6 +67,54 @@ def cls_rollout_map(attns: Sequence[Tensor], grid: int) -> Tensor:
     return _normalise_last(cls_row).reshape(-1, grid, grid)
 
 
+def gradient_rollout(attns: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
+    """Gradient-weighted rollout (Chefer et al., 2021, "Generic Attention-model
+    Explainability"), (B, N, N) from per-layer `(B, heads, N, N)` weights and the gradients
+    of the target score with respect to them.
+
+    Per layer, Abar = mean over heads of relu(grad * attn): only the attention that raises
+    the score counts. Starting from R = I, R = R + Abar @ R, first layer to last; the
+    identity stands for the skip path, which carries each token's own relevance forward.
+    """
+    if not attns or len(attns) != len(grads):
+        raise ValueError(f"gradient_rollout needs as many gradients ({len(grads)}) as layers "
+                         f"({len(attns)}), at least one")
+    b, _, n, _ = attns[0].shape
+    rel = torch.eye(n, dtype=attns[0].dtype, device=attns[0].device).expand(b, n, n)
+    for attn, grad in zip(attns, grads):
+        rel = rel + (grad * attn).clamp_min(0).mean(dim=1) @ rel  # (B, N, N)
+    return rel
+
+
+def cls_gradient_rollout_map(attns: Sequence[Tensor], grads: Sequence[Tensor],
+                             grid: int) -> Tensor:
+    """The CLS row of the gradient-weighted rollout over the patches, as cls_rollout_map
+    makes it: (B, grid, grid), summing to 1, all zeros where no attention raised the score."""
+    _check_tokens(attns[0], grid)
+    cls_row = gradient_rollout(attns, grads)[:, 0, 1:]  # the identity adds nothing here
+    return _normalise_last(cls_row).reshape(-1, grid, grid)
+
+
+def gradient_rollout_maps(model: ViT, x: Tensor, target: Tensor | None = None
+                          ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Logits, (B, grid, grid) gradient-weighted rollout maps for `target` (default: the
+    predicted class) and the detached per-layer attention, from one forward and backward
+    pass of the explicit-attention path in eval mode.
+
+    The score is the sum of each image's target logit: in eval mode images do not interact,
+    so each image's attention gradients are those of its own logit.
+    """
+    model.eval()
+    with torch.enable_grad():
+        logits, attns = model(x.detach(), return_attn=True)
+        if target is None:
+            target = logits.argmax(dim=1)
+        score = logits.gather(1, target[:, None]).sum()
+        grads = torch.autograd.grad(score, attns)  # (B, heads, N, N) per layer
+    attns = [a.detach() for a in attns]
+    return logits.detach().float(), cls_gradient_rollout_map(attns, grads, model.grid), attns
+
+
 def cls_attention_maps(attn: Tensor, grid: int) -> Tensor:
     """One layer's CLS-query attention over the patches, per head: (B, heads, grid, grid).
 

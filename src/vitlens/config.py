@@ -85,6 +85,23 @@ class VisualizeConfig:
     distance_images: int = spec(ge=1)
 
 
+FAITHFULNESS_METHODS = ("rollout", "grad_rollout", "last_layer", "random")
+
+
+@dataclass(frozen=True)
+class FaithfulnessConfig:
+    images: int = spec(ge=1)
+    steps: int = spec(ge=1)
+    methods: list[str] = spec(choices=FAITHFULNESS_METHODS)
+    seed: int = spec(ge=0)
+    batch_size: int = spec(ge=1)
+    blur_kernel: int = spec(ge=1)
+    blur_sigma: float = spec(gt=0)
+    bootstrap: int = spec(ge=1)
+    confidence: float = spec(gt=0, lt=1)
+    show_images: int = spec(ge=1, le=16)
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = spec()
@@ -100,6 +117,7 @@ class Params:
     train: TrainConfig
     evaluate: EvaluateConfig
     visualize: VisualizeConfig
+    faithfulness: FaithfulnessConfig
     tracking: TrackingConfig
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +144,8 @@ def _type_ok(value: Any, typ: Any) -> bool:
         return isinstance(value, str)
     if typ == list[int]:
         return isinstance(value, list) and all(_type_ok(v, int) for v in value)
+    if typ == list[str]:
+        return isinstance(value, list) and all(_type_ok(v, str) for v in value)
     raise TypeError(f"unsupported config type {typ}")
 
 
@@ -137,16 +157,18 @@ def _float_or_str(text: str) -> float | str:
         return text
 
 
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list[int]: "a list of integers", list[str]: "a list of strings"}
 
 
 def _check_rules(key: str, value: Any, rules: Mapping[str, Any]) -> None:
     bounds = {"gt": (">", float.__gt__), "ge": (">=", float.__ge__),
               "lt": ("<", float.__lt__), "le": ("<=", float.__le__)}
     for rule, bound in rules.items():
-        if rule == "choices":
-            if value not in bound:
-                raise ConfigError(f"{key}={value!r} must be one of {', '.join(map(str, bound))}")
+        if rule == "choices":  # for a list: every entry
+            if any(v not in bound for v in (value if isinstance(value, list) else [value])):
+                what = "entries must each" if isinstance(value, list) else "must"
+                raise ConfigError(f"{key}={value!r} {what} be one of {', '.join(map(str, bound))}")
             continue
         sym, op = bounds[rule]
         if not op(float(value), float(bound)):
@@ -171,7 +193,7 @@ def _build(cls: type, section: str, raw: Any) -> Any:
         if typ is float and isinstance(value, str):
             value = _float_or_str(value)
         if not _type_ok(value, typ):
-            raise ConfigError(f"{key}={value!r} must be {_TYPE_NAMES.get(typ, 'a list of integers')}")
+            raise ConfigError(f"{key}={value!r} must be {_TYPE_NAMES[typ]}")
         _check_rules(key, value, f.metadata)
         values[name] = float(value) if typ is float else value
     return cls(**values)
@@ -194,6 +216,11 @@ def _cross_checks(p: Params) -> None:
         raise ConfigError(f"train.min_lr={t.min_lr:g} must be <= train.lr={t.lr:g}")
     if not re.fullmatch(r"[0-9a-fA-F]{32}", p.data.md5):
         raise ConfigError(f"data.md5={p.data.md5!r} must be 32 hex digits")
+    f = p.faithfulness
+    if not f.methods or len(set(f.methods)) < len(f.methods):
+        raise ConfigError(f"faithfulness.methods={f.methods!r} must name each method once, at least one")
+    if f.blur_kernel % 2 == 0:
+        raise ConfigError(f"faithfulness.blur_kernel={f.blur_kernel} must be odd")
 
 
 def parse_params(raw: Any) -> Params:

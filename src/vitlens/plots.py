@@ -95,28 +95,36 @@ def image_grid(images: np.ndarray, labels: Sequence[str], *,
 
 def attention_overlays(images: np.ndarray, truth: Sequence[str], pred: Sequence[str],
                        confidence: Sequence[float], maps: np.ndarray, *,
-                       title: str = "Where the model looks (attention rollout)") -> Figure:
-    """Per image: the image with its true class, with the prediction, and with its map overlaid.
+                       grad_maps: np.ndarray | None = None,
+                       title: str = "Where the model looks") -> Figure:
+    """Per image: the image with its true class, with the prediction, and with its map overlaid
+    (and, given `grad_maps`, the gradient-weighted rollout for the predicted class beside it).
 
-    `confidence` is the predicted class's probability in [0, 1]; `maps` is (n, H, W) at image
-    resolution. The prediction title is green when right and red when wrong.
+    `confidence` is the predicted class's probability in [0, 1]; `maps` and `grad_maps` are
+    (n, H, W) at image resolution. The prediction title is green when right and red when wrong.
     """
     _check_images(images, truth, pred, confidence)
     _check_maps(images, maps)
+    if grad_maps is not None:
+        _check_maps(images, grad_maps)
     if any(not 0 <= c <= 1 for c in confidence):
         raise ValueError("confidence must be probabilities in [0, 1], not percentages")
     n = len(images)
-    fig = Figure(figsize=(8.6, 2.7 * n + 0.5), layout="constrained")
-    axes = fig.subplots(n, 3, squeeze=False)
-    for row, img, t, p, c, m in zip(axes, images, truth, pred, confidence, maps):
+    cols = 3 if grad_maps is None else 4
+    fig = Figure(figsize=(2.9 * cols, 2.7 * n + 0.5), layout="constrained")
+    axes = fig.subplots(n, cols, squeeze=False)
+    for i, (row, img, t, p, c, m) in enumerate(zip(axes, images, truth, pred, confidence, maps)):
         _show_image(row[0], img)
         row[0].set_title(f"ground truth: {t}", fontsize=10)
         _show_image(row[1], img)
         row[1].set_title(f"prediction: {p} ({100 * c:.1f}%)", fontsize=10,
                          color=RIGHT if p == t else WRONG)
         norm = _overlay(row[2], img, m)
-        row[2].set_title("attention", fontsize=10)
+        row[2].set_title("attention rollout", fontsize=10)
         _colorbar(fig, norm, row[2])
+        if grad_maps is not None:
+            _colorbar(fig, _overlay(row[3], img, grad_maps[i]), row[3], label="relevance (share)")
+            row[3].set_title("gradient-weighted rollout", fontsize=10)
     fig.suptitle(title)
     return fig
 

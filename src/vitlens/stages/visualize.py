@@ -10,7 +10,12 @@ import numpy as np
 import torch
 
 from vitlens import plots, tracking
-from vitlens.attention import attention_views, mean_attention_distance_over
+from vitlens.attention import (
+    attention_views,
+    gradient_rollout_maps,
+    mean_attention_distance_over,
+    upsample_map,
+)
 from vitlens.cifar import load_arrays
 from vitlens.config import VisualizeConfig, load_params
 from vitlens.data import Normalizer
@@ -58,7 +63,9 @@ def run_visualize(params_path: str, model_path: Path, data_path: Path, out_dir: 
         pred = model(norm(x_cand)).argmax(1).cpu().numpy()
     chosen = cand if cfg.indices else select_examples(pred, data.y_test[cand], cand, cfg.num_images)
     images = data.x_test[chosen]
-    logits, rollout, heads = attention_views(model, norm(torch.from_numpy(images).to(device)))
+    x = norm(torch.from_numpy(images).to(device))
+    logits, rollout, heads = attention_views(model, x)
+    grad = upsample_map(gradient_rollout_maps(model, x)[1], x.shape[-1])
     pred, conf = softmax_confidence(logits.cpu())
     truth = [classes[i] for i in data.y_test[chosen]]
     pred_names = [classes[i] for i in pred]
@@ -69,8 +76,9 @@ def run_visualize(params_path: str, model_path: Path, data_path: Path, out_dir: 
     figures = {
         "training_curves.png": plots.training_curves(rec["history"]),
         "input_grid.png": plots.image_grid(images, truth),
-        "attention_overlays.png": plots.attention_overlays(images, truth, pred_names,
-                                                           conf.tolist(), rollout.cpu().numpy()),
+        "attention_overlays.png": plots.attention_overlays(
+            images, truth, pred_names, conf.tolist(), rollout.cpu().numpy(),
+            grad_maps=grad.cpu().numpy()),
         "rollout_vs_heads.png": plots.rollout_vs_heads(
             images, rollout.cpu().numpy(), heads.cpu().numpy(),
             [f"#{i} {t} -> {p}" for i, t, p in zip(chosen, truth, pred_names)]),

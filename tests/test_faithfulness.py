@@ -1,0 +1,290 @@
+"""Faithfulness: the metric tells a map on a model's evidence from a map away from it; AUC,
+bootstrap, gradient rollout, the random baseline and the stage end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import write_params
+from vitlens import plots
+from vitlens.attention import (
+    cls_gradient_rollout_map,
+    cls_rollout_map,
+    gradient_rollout,
+    gradient_rollout_maps,
+    upsample_map,
+)
+from vitlens.config import ConfigError, parse_params
+from vitlens.errors import VitlensError
+from vitlens.explain import explanation_maps, random_maps
+from vitlens.faithfulness import (
+    auc,
+    bootstrap_interval,
+    faithfulness_curves,
+    gaussian_blur,
+    patch_ranks,
+    path_variants,
+    step_counts,
+    summarise,
+)
+from vitlens.model import ViT
+from vitlens.stages.faithfulness import run_faithfulness
+
+SIZE, PATCH, CLASSES = 16, 4, 4
+GRID = SIZE // PATCH
+EVIDENCE = torch.tensor([0, 3, 12, 15])  # the evidence patch of each class: the four corners
+
+
+def evidence_images(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise images whose class is told by one thing only: a +-3 checkerboard patch at the
+    class's corner. A checkerboard, not a bright square, so blurring erases it too."""
+    y = torch.randint(0, CLASSES, (n,), generator=g)
+    x = torch.randn(n, 3, SIZE, SIZE, generator=g)
+    at = upsample_map(F.one_hot(EVIDENCE[y], GRID * GRID).bool().view(n, GRID, GRID), SIZE)
+    i = torch.arange(SIZE)
+    checker = ((i[:, None] + i) % 2 * 6 - 3).float()  # (S, S)
+    return torch.where(at[:, None], checker, x), y
+
+
+def partly_removed(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
+    """Half the images with a random share of patches zeroed or blurred, as the metric does;
+    an image that lost its evidence patch gets a uniform target. The model then meets the
+    metric's images in training and says "no idea" exactly when the evidence is gone."""
+    n = len(x)
+    share = torch.rand(n, 1, generator=g) * (torch.rand(n, 1, generator=g) < 0.5)
+    drop = torch.rand(n, GRID * GRID, generator=g) < share  # (n, patches)
+    mask = upsample_map(drop.view(n, GRID, GRID), SIZE)[:, None]
+    base = torch.where(torch.rand(n, 1, 1, 1, generator=g) < 0.5, gaussian_blur(x, 11, 5.0), 0.0)
+    lost = drop.gather(1, EVIDENCE[y][:, None])  # (n, 1)
+    target = torch.where(lost, 1 / CLASSES, F.one_hot(y, CLASSES).float())
+    return torch.where(mask, base, x), target
+
+
+@pytest.fixture(scope="module")
+def evidence_model() -> ViT:
+    """A tiny ViT trained (about 2 s) on evidence_images; 100% accurate on them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors this small: a second thread only adds overhead
+    try:
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        model = ViT(image_size=SIZE, patch_size=PATCH, num_classes=CLASSES, dim=32, depth=1,
+                    heads=2, mlp_ratio=2.0)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(400):
+            x, target = partly_removed(*evidence_images(64, g), g)
+            loss = F.cross_entropy(model(x), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def test_metric_scores_the_evidence_far_above_random_and_away_from_it_below(evidence_model):
+    x, y = evidence_images(64, torch.Generator().manual_seed(1))
+    evidence = F.one_hot(EVIDENCE[y], GRID * GRID).float().view(-1, GRID, GRID)
+    maps = {"evidence": evidence, "away": 1 - evidence, "random": random_maps(64, GRID, 0)}
+    pred, curves = faithfulness_curves(evidence_model, x, maps, steps=16, blur_kernel=11,
+                                       blur_sigma=5.0, batch_size=32)
+    assert (pred == y).all()
+    s = summarise(curves, samples=500, confidence=0.95, seed=0)
+    on, off, rnd = s["evidence"], s["away"], s["random"]
+    # Deletion (lower is better): far below random, and no overlap of the intervals.
+    assert on["deletion_auc"] < rnd["deletion_auc"] - 0.2 and on["deletion_high"] < rnd["deletion_low"]
+    assert off["deletion_auc"] > rnd["deletion_auc"] + 0.15 and off["deletion_low"] > rnd["deletion_high"]
+    # Insertion (higher is better): the mirror image.
+    assert on["insertion_auc"] > rnd["insertion_auc"] + 0.2 and on["insertion_low"] > rnd["insertion_high"]
+    assert off["insertion_auc"] < rnd["insertion_auc"] - 0.15 and off["insertion_high"] < rnd["insertion_low"]
+    # Removing the one evidence patch (step 1 of 16) drops the class to about chance.
+    assert curves["evidence"].deletion[:, 0].mean() > 0.8 > 0.4 > curves["evidence"].deletion[:, 1].mean()
+
+
+@pytest.mark.parametrize("curve,want", [
+    ([1.0] * 17, 1.0), ([0.0] * 5, 0.0), (torch.linspace(0, 1, 17).tolist(), 0.5),
+    ([1.0, 0.0, 0.0], 0.25), ([0.0, 1.0], 0.5), ([0.2, 0.6, 1.0, 0.6], 2 / 3),
+])
+def test_auc_is_the_trapezoid_normalised_to_the_unit_interval(curve, want):
+    assert auc(torch.tensor(curve)).item() == pytest.approx(want)
+
+
+def test_auc_keeps_leading_dims():
+    curves = torch.rand(2, 3, 9)
+    got = auc(curves)
+    assert got.shape == (2, 3)
+    assert got[1, 2].item() == pytest.approx(auc(curves[1, 2]).item())
+
+
+def test_bootstrap_interval_covers_the_mean_with_the_width_theory_gives():
+    values = np.random.default_rng(0).normal(0.5, 0.1, 400)
+    lo, hi = bootstrap_interval(values, samples=2000, confidence=0.95, seed=0)
+    assert lo < values.mean() < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * values.std() / 20, rel=0.1)  # 1.96 sigma / sqrt(n)
+    assert bootstrap_interval(values, samples=2000, confidence=0.95, seed=0) == (lo, hi)
+    assert bootstrap_interval(values, samples=2000, confidence=0.95, seed=1) != (lo, hi)
+    lo50, hi50 = bootstrap_interval(values, samples=2000, confidence=0.5, seed=0)
+    assert lo < lo50 < hi50 < hi
+    assert bootstrap_interval(np.full(7, 0.3), samples=50, confidence=0.95, seed=0) == \
+        pytest.approx((0.3, 0.3))
+
+
+def _attention(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).softmax(dim=-1)
+
+
+def test_gradient_rollout_composes_layers_first_to_last():
+    a1, a2 = _attention(2, 3, 5, 5, seed=1), _attention(2, 3, 5, 5, seed=2)
+    g1, g2 = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 5, 5)
+    eye = torch.eye(5)
+    bar1, bar2 = ((g * a).clamp_min(0).mean(dim=1) for g, a in ((g1, a1), (g2, a2)))
+    want = (eye + bar2) @ (eye + bar1)  # R = R + Abar @ R, first layer first
+    torch.testing.assert_close(gradient_rollout([a1, a2], [g1, g2]), want)
+    assert not torch.allclose(want, (eye + bar1) @ (eye + bar2))  # the order is tested
+
+
+def test_gradient_rollout_map_counts_only_attention_that_raises_the_score():
+    attns = [_attention(2, 3, 5, 5, seed=s) for s in (1, 2)]
+    zeros = cls_gradient_rollout_map(attns, [-a for a in attns], grid=2)
+    assert zeros.shape == (2, 2, 2) and (zeros == 0).all()
+    m = cls_gradient_rollout_map(attns, [torch.ones_like(a) for a in attns], grid=2)
+    torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(2))
+    assert (m >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def small_vit() -> ViT:
+    torch.manual_seed(0)
+    return ViT(image_size=SIZE, patch_size=PATCH, num_classes=CLASSES, dim=32, depth=2,
+               heads=2, mlp_ratio=2.0).eval()
+
+
+def test_gradient_rollout_maps_are_per_image_and_per_class(small_vit):
+    x = torch.randn(5, 3, SIZE, SIZE)
+    logits, maps, attns = gradient_rollout_maps(small_vit, x)
+    assert logits.shape == (5, CLASSES) and maps.shape == (5, GRID, GRID) and len(attns) == 2
+    torch.testing.assert_close(maps.sum(dim=(1, 2)), torch.ones(5))
+    # The batch sums the images' logits: each image's map must still be its own.
+    torch.testing.assert_close(gradient_rollout_maps(small_vit, x[2:3])[1], maps[2:3])
+    torch.testing.assert_close(gradient_rollout_maps(small_vit, x, logits.argmax(1))[1], maps)
+    other = (logits.argmax(1) + 1) % CLASSES
+    assert not torch.allclose(gradient_rollout_maps(small_vit, x, other)[1], maps)
+
+
+def test_explanation_maps_batch_alike_and_match_the_attention_helpers(small_vit):
+    x = torch.randn(5, 3, SIZE, SIZE)
+    methods = ["rollout", "grad_rollout", "last_layer", "random"]
+    maps = explanation_maps(small_vit, x, methods, seed=3, batch_size=2)
+    assert list(maps) == methods and all(m.shape == (5, GRID, GRID) for m in maps.values())
+    whole = explanation_maps(small_vit, x, methods, seed=3, batch_size=5)
+    for m in methods:
+        torch.testing.assert_close(maps[m], whole[m])
+    with torch.no_grad():
+        _, attns = small_vit(x, return_attn=True)
+    torch.testing.assert_close(maps["rollout"], cls_rollout_map(attns, GRID))
+    torch.testing.assert_close(maps["last_layer"], attns[-1][:, :, 0, 1:].mean(1).view(5, GRID, GRID))
+    with pytest.raises(ValueError, match="unknown methods"):
+        explanation_maps(small_vit, x, ["saliency"], seed=0, batch_size=2)
+
+
+def test_random_maps_depend_on_the_seed_alone():
+    first = random_maps(6, GRID, seed=0)
+    torch.manual_seed(123)
+    torch.rand(10)  # global random state moves; the maps must not
+    torch.testing.assert_close(random_maps(6, GRID, seed=0), first)
+    assert not torch.allclose(random_maps(6, GRID, seed=1), first)
+    assert first.shape == (6, GRID, GRID)
+
+
+def test_variants_change_the_top_ranked_patches_in_even_steps():
+    counts = step_counts(16, 4)
+    assert counts.tolist() == [0, 4, 8, 12, 16]
+    maps = torch.rand(3, GRID, GRID)
+    start, end = torch.zeros(3, 3, SIZE, SIZE), torch.ones(3, 3, SIZE, SIZE)
+    v = path_variants(start, end, patch_ranks(maps), counts)  # (3, 5, 3, S, S)
+    changed = v[:, :, 0].unfold(2, PATCH, PATCH).unfold(3, PATCH, PATCH).amax(dim=(-2, -1))
+    for i in range(3):
+        for t, k in enumerate(counts.tolist()):
+            top = set(maps[i].flatten().argsort(descending=True)[:k].tolist())
+            assert set(changed[i, t].flatten().nonzero()[:, 0].tolist()) == top
+    with pytest.raises(ValueError, match="steps=17"):
+        step_counts(16, 17)
+
+
+def test_blur_keeps_flat_images_and_erases_a_checkerboard():
+    flat = torch.full((1, 3, SIZE, SIZE), 0.7)
+    torch.testing.assert_close(gaussian_blur(flat, 11, 5.0), flat)
+    x, _ = evidence_images(4, torch.Generator().manual_seed(0))
+    blurred = gaussian_blur(x, 11, 5.0)
+    assert blurred.shape == x.shape and blurred.abs().max() < 0.5 * x.std()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("methods", ["rollout", "saliency"], "entries must each be one of rollout, grad_rollout"),
+    ("methods", "rollout", "must be a list of strings"),
+    ("methods", [], "must name each method once, at least one"),
+    ("methods", ["random", "random"], "must name each method once"),
+    ("blur_kernel", 10, "faithfulness.blur_kernel=10 must be odd"),
+    ("confidence", 95, "faithfulness.confidence=95 must be < 1"),
+])
+def test_bad_faithfulness_params_name_the_key(params_dict, key, value, message):
+    params_dict["faithfulness"][key] = value
+    with pytest.raises(ConfigError, match=message):
+        parse_params(params_dict)
+
+
+def test_overlays_gain_the_gradient_weighted_column():
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    maps = np.random.default_rng(1).random((2, 32, 32))
+    fig = plots.attention_overlays(images, ["cat", "dog"], ["cat", "cat"], [0.9, 0.4], maps,
+                                   grad_maps=maps[::-1].copy())
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(axes) == 8 and axes[3].get_title() == "gradient-weighted rollout"
+    np.testing.assert_array_equal(axes[3].images[1].get_array(), maps[1])
+
+
+def test_stage_writes_metrics_curves_figures_and_logs_to_the_run(project, cifar_npz):
+    out, metrics_path = project / "reports/faithfulness", project / "reports/faithfulness.json"
+    metrics = run_faithfulness(str(project / "params.yaml"), project / "models/model.pt",
+                               cifar_npz, out, metrics_path)
+    assert json.loads(metrics_path.read_text()) == metrics
+    methods = ["rollout", "grad_rollout", "last_layer", "random"]
+    assert list(metrics) == ["images", *methods] and metrics["images"] == 12
+    for m in methods:
+        s = metrics[m]
+        for kind in ("deletion", "insertion"):
+            assert 0 <= s[f"{kind}_low"] <= s[f"{kind}_auc"] <= s[f"{kind}_high"] <= 1
+    rows = (out / "curves.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["fraction", *(f"{k}_{m}" for k in ("deletion", "insertion")
+                                               for m in methods)]
+    assert len(rows) == 1 + 8 + 1 and rows[-1].startswith("1.0,")
+    for name in ("curves.png", "methods.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
+    again = run_faithfulness(str(project / "params.yaml"), project / "models/model.pt",
+                             cifar_npz, out, metrics_path)
+    assert again == metrics  # same params, same numbers
+
+    run_id = torch.load(project / "models/model.pt", weights_only=True)["mlflow_run_id"]
+    client = MlflowClient()
+    logged = client.get_run(run_id).data.metrics
+    assert logged["faithfulness/rollout/deletion_auc"] == pytest.approx(metrics["rollout"]["deletion_auc"])
+    assert "faithfulness/random/insertion_high" in logged and "faithfulness/seconds" in logged
+    logged_files = {a.path for a in client.list_artifacts(run_id, "faithfulness")}
+    assert {f"faithfulness/{n}" for n in ("curves.png", "methods.png", "curves.csv",
+                                           "faithfulness.json")} <= logged_files
+
+
+def test_stage_rejects_more_images_than_the_test_set(project, cifar_npz, tmp_path):
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["faithfulness"]["images"] = 101
+    write_params(tmp_path / "params.yaml", raw)
+    with pytest.raises(VitlensError, match="faithfulness.images=101 must be <= the 100 test images"):
+        run_faithfulness(str(tmp_path / "params.yaml"), project / "models/model.pt", cifar_npz,
+                         tmp_path / "out", tmp_path / "f.json")
+    assert not (tmp_path / "out").exists()
