@@ -1,0 +1,252 @@
+"""The real servers: `mlflow models serve` answering plain pixels, and a team `mlflow server`
+(SQLite backend, artifacts proxied through it) that the pipeline logs to, and survives losing.
+
+Each server runs on a free 127.0.0.1 port in its own process group, is waited for with a
+deadline, and is killed in a `finally`, whatever the test does.
+"""
+import contextlib
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CLASSES, shrink, write_params
+from vitlens import tracking
+from vitlens.cifar import load_arrays
+from vitlens.config import parse_params
+from vitlens.errors import VitlensError
+from vitlens.predict import FileModel, run_predict
+from vitlens.serving import to_pixels
+from vitlens.stages.evaluate import run_evaluation
+from vitlens.stages.train import run_training
+from vitlens.stages.visualize import run_visualize
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+# MLflow's HTTP client retries a lost server for minutes by default (7 retries, exponential
+# backoff, 120 s per request): a lost server must cost seconds here.
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, timeout: float = 5) -> int:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, str]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class Server:
+    """A server command in its own process group, its output in a log file."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path):
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+               "MLFLOW_DISABLE_TELEMETRY": "true"}
+        self.base, self.log = f"http://127.0.0.1:{port}", log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+
+    def wait_up(self, path: str, deadline_s: float = 120) -> None:
+        deadline = time.monotonic() + deadline_s
+        while True:
+            try:
+                get(self.base + path, timeout=2)
+                return
+            except OSError:
+                assert self.proc.poll() is None, f"server exited:\n{self.log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"no answer in {deadline_s} s:\n" \
+                                                    f"{self.log.read_text()[-3000:]}"
+                time.sleep(0.5)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], port: int, log: Path, ping: str) -> Iterator[Server]:
+    server = Server(cmd, port, log)
+    try:
+        server.wait_up(ping)
+        yield server
+    finally:
+        server.kill()
+
+
+def registered_uri(run_id: str, client=None) -> str:
+    from mlflow.tracking import MlflowClient
+    [version] = (client or MlflowClient()).search_model_versions(f"run_id = '{run_id}'")
+    return f"models:/{version.name}/{version.version}"
+
+
+def test_served_model_answers_plain_pixels_as_predict_does(project, cifar_npz, tmp_path):
+    from PIL import Image
+    pixels = to_pixels(load_arrays(cifar_npz).x_test[:2])  # (2, 32, 32, 3) uint8
+    for i, x in enumerate(pixels):
+        Image.fromarray(x).save(tmp_path / f"{i}.png")
+    local, _ = run_predict(FileModel(project / "models/model.pt", torch.device("cpu")),
+                           [tmp_path], top_k=10)
+    run_id = torch.load(project / "models/model.pt", weights_only=True)["mlflow_run_id"]
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", registered_uri(run_id),
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with serving(cmd, port, tmp_path / "serve.log", "/ping") as server:
+        url = server.base + "/invocations"
+        status, body = post(url, json.dumps({"inputs": pixels.tolist()}).encode())
+        assert status == 200, body
+        probs = np.array(json.loads(body)["predictions"])  # (2, 10)
+        assert [CLASSES[i] for i in probs.argmax(1)] == [r.top[0][0] for r in local]
+        assert np.allclose(np.sort(probs, axis=1)[:, ::-1], [[p for _, p in r.top] for r in local],
+                           atol=1e-5)
+
+        one = pixels[:1].tolist()
+        malformed = {
+            "not JSON": b"{inputs: ",
+            "no inputs field": json.dumps({"pixels": one}).encode(),
+            "an image without the batch axis": json.dumps({"inputs": one[0]}).encode(),
+            "four channels": json.dumps({"inputs": [[[[0, 0, 0, 0]] * 32] * 32]}).encode(),
+            "a pixel of 300": json.dumps({"inputs": [[[[300, 0, 0]] * 32] * 32]}).encode(),
+        }
+        for what, request in malformed.items():
+            status, body = post(url, request)
+            assert 400 <= status < 500, f"{what}: {status} {body[:300]}"
+            assert get(server.base + "/ping") == 200, what
+        status, body = post(url, json.dumps({"instances": pixels.tolist()}).encode())
+        assert status == 200 and np.allclose(json.loads(body)["predictions"], probs)
+
+
+@pytest.fixture
+def team_server(tmp_path, monkeypatch) -> Iterator[Server]:
+    """A team tracking server: SQLite backend, artifacts proxied through it to a folder."""
+    import mlflow
+    root = tmp_path / "server"
+    root.mkdir()
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with serving(cmd, port, root / "server.log", "/health") as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.base)
+        for key, value in FAIL_FAST.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("DVC_ROOT", raising=False)
+        try:
+            yield server
+        finally:
+            monkeypatch.undo()
+            mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))  # not the dead server
+
+
+def params_of(work: Path):
+    import yaml
+    return parse_params(yaml.safe_load((work / "params.yaml").read_text()))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, _params_raw, train_archive) -> Path:
+    """A project folder (cwd) with tiny params, as a fresh clone would have it."""
+    work = tmp_path / "project"
+    work.mkdir()
+    raw = shrink(copy.deepcopy(_params_raw), train_archive)
+    raw["tracking"]["experiment"] = "team"
+    write_params(work / "params.yaml", raw)
+    monkeypatch.chdir(work)
+    return work
+
+
+def test_pipeline_logs_everything_to_a_team_server(team_server, workdir, cifar_npz):
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+    params_path = str(workdir / "params.yaml")
+    model_path = workdir / "models/model.pt"
+    run_training(params_of(workdir), cifar_npz, model_path, workdir / "reports/train/history.csv",
+                 workdir / "models/checkpoint.pt")
+    run_evaluation(params_path, model_path, cifar_npz, workdir / "reports/eval",
+                   workdir / "reports/metrics.json")
+    run_visualize(params_path, model_path, cifar_npz, workdir / "reports/figures")
+
+    client = MlflowClient(team_server.base)
+    exp = client.get_experiment_by_name("team")
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # the server's, proxied
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.run_id == torch.load(model_path, weights_only=True)["mlflow_run_id"]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.dim"] == "32"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")] == [1, 2, 3]
+    test_acc = json.loads((workdir / "reports/metrics.json").read_text())["accuracy"]
+    assert run.data.metrics["test/accuracy"] == pytest.approx(test_acc)
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"figures/attention_overlays.png", "figures/confusion.png"} <= figures
+    got = Path(client.download_artifacts(run.info.run_id, "figures/attention_overlays.png",
+                                         str(workdir.parent)))
+    assert got.read_bytes() == (workdir / "reports/figures/attention_overlays.png").read_bytes()
+
+    uri = registered_uri(run.info.run_id, client)
+    model = mlflow.pyfunc.load_model(uri)  # fetched through the server
+    x = to_pixels(load_arrays(cifar_npz).x_test[:4])
+    assert np.allclose(model.predict(x), FileModel(model_path, torch.device("cpu")).probabilities(x),
+                       atol=1e-5)
+    stored = {p.name for p in (workdir.parent / "server/artifacts").rglob("*")}
+    assert {"attention_overlays.png", "model.pt2", "history.csv"} <= stored
+    local = {p.name for p in workdir.rglob("*")} | set(os.listdir(workdir.parent))
+    assert not local & {"mlflow.db", "mlruns", "mlartifacts"}
+
+
+def test_training_outlives_a_lost_server(team_server, workdir, cifar_npz, monkeypatch, capsys):
+    real = tracking.Run.log_metrics
+    killed = {}
+
+    def then_lose_the_server(self, metrics, step=None):
+        real(self, metrics, step)
+        if step == 1:
+            team_server.kill()
+            killed["at"] = time.monotonic()
+    monkeypatch.setattr(tracking.Run, "log_metrics", then_lose_the_server)
+    model_path = workdir / "models/model.pt"
+    run_training(params_of(workdir), cifar_npz, model_path, workdir / "reports/train/history.csv",
+                 workdir / "models/checkpoint.pt")
+    assert time.monotonic() - killed["at"] < 60  # no minutes of retries
+    rec = torch.load(model_path, weights_only=True)
+    assert len(rec["history"]) == 3
+    assert len((workdir / "reports/train/history.csv").read_text().splitlines()) == 4
+    assert not (workdir / "models/checkpoint.pt").exists()
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if line.startswith("warning: ")]
+    assert len(warnings) == 2 and "is unreachable" in warnings[0]
+    assert warnings[1] == (f"warning: not logged to MLflow run {rec['mlflow_run_id']} at "
+                           f"{team_server.base}: epoch 2 metrics, epoch 3 metrics, "
+                           "history/history.csv, the model, status FINISHED")
+    with pytest.raises(VitlensError, match="cannot be read from an unreachable"):
+        run_evaluation(str(workdir / "params.yaml"), model_path, cifar_npz,
+                       workdir / "reports/eval", workdir / "reports/metrics.json")
+    assert (workdir / "reports/metrics.json").is_file()  # written before logging
