@@ -153,6 +153,10 @@ def test_gradient_rollout_map_counts_only_attention_that_raises_the_score():
     attns = [_attention(2, 3, 5, 5, seed=s) for s in (1, 2)]
     zeros = cls_gradient_rollout_map(attns, [-a for a in attns], grid=2)
     assert zeros.shape == (2, 2, 2) and (zeros == 0).all()
+    grad = torch.zeros(1, 1, 5, 5)
+    grad[0, 0, 0, 1], grad[0, 0, 0, 2] = 1.0, -10.0  # CLS on patch 0 helps, on patch 1 hurts
+    m = cls_gradient_rollout_map([_attention(1, 1, 5, 5, seed=3)], [grad], grid=2)
+    torch.testing.assert_close(m, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
     m = cls_gradient_rollout_map(attns, [torch.ones_like(a) for a in attns], grid=2)
     torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(2))
     assert (m >= 0).all()
