@@ -221,6 +221,21 @@ def test_variants_change_the_top_ranked_patches_in_even_steps():
         step_counts(16, 17)
 
 
+def test_curves_are_the_probabilities_of_every_variant(small_vit):
+    """The shared ends, scored once per image, sit where scoring each variant puts them."""
+    x, maps = torch.randn(3, 3, SIZE, SIZE), {"a": torch.rand(3, GRID, GRID)}
+    pred, curves = faithfulness_curves(small_vit, x, maps, steps=4, blur_kernel=5,
+                                       blur_sigma=2.0, batch_size=2)
+    counts, ranks = step_counts(GRID * GRID, 4), patch_ranks(maps["a"])
+    paths = {"deletion": (x, torch.zeros_like(x)), "insertion": (gaussian_blur(x, 5, 2.0), x)}
+    for kind, (start, end) in paths.items():
+        v = path_variants(start, end, ranks, counts)  # (3, 5, C, S, S)
+        with torch.no_grad():
+            probs = small_vit(v.flatten(0, 1)).softmax(1).view(3, 5, -1)
+        want = probs.gather(2, pred.view(3, 1, 1).expand(3, 5, 1))[..., 0]
+        torch.testing.assert_close(getattr(curves["a"], kind), want)
+
+
 def test_blur_keeps_flat_images_and_erases_a_checkerboard():
     flat = torch.full((1, 3, SIZE, SIZE), 0.7)
     torch.testing.assert_close(gaussian_blur(flat, 11, 5.0), flat)

@@ -90,28 +90,34 @@ def faithfulness_curves(model: nn.Module, x: Tensor, maps: Mapping[str, Tensor],
                         progress: bool = False) -> tuple[Tensor, dict[str, Curves]]:
     """Predicted class (N,) of normalised images x (N, C, H, W) and every method's curves.
 
-    `maps` holds (N, g, g) relevance per method. One forward pass scores all steps + 1
-    variants of `batch_size` images for one method and kind.
+    `maps` holds (N, g, g) relevance per method. The curves' ends (the image, the mean image,
+    the blurred image) are the same for every method and are scored once; one forward pass
+    scores the steps - 1 inner variants of `batch_size` images for one method and kind.
     """
     model.eval()
-    target = torch.cat([logits_of(model, xb).argmax(dim=1) for xb in x.split(batch_size)])
     patches = next(iter(maps.values()))[0].numel()
-    counts = step_counts(patches, steps)
+    inner = step_counts(patches, steps)[1:-1]  # (steps - 1,)
     out: dict[str, dict[str, list[Tensor]]] = {m: {k: [] for k in KINDS} for m in maps}
+    targets = []
     bar = tqdm(total=len(x), desc="faithfulness", unit="img", disable=not progress)
     for i in range(0, len(x), batch_size):
-        xb, tb = x[i:i + batch_size], target[i:i + batch_size]
+        xb = x[i:i + batch_size]
+        tb = logits_of(model, xb).argmax(dim=1)
         paths = {"deletion": (xb, torch.zeros_like(xb)),
                  "insertion": (gaussian_blur(xb, blur_kernel, blur_sigma), xb)}
+        ends = {k: class_probability(model, torch.cat(p), tb.repeat(2)).view(2, -1, 1)
+                for k, p in paths.items()}  # (start, end) x (B, 1)
         for method, m in maps.items():
             ranks = patch_ranks(m[i:i + batch_size].to(x.device))
             for kind, (start, end) in paths.items():
-                v = path_variants(start, end, ranks, counts).flatten(0, 1)  # (B * T, C, H, W)
-                p = class_probability(model, v, tb.repeat_interleave(len(counts)))
-                out[method][kind].append(p.view(len(xb), -1).cpu())
+                v = path_variants(start, end, ranks, inner).flatten(0, 1)  # (B * (T - 2), C, H, W)
+                p = class_probability(model, v, tb.repeat_interleave(len(inner)))
+                out[method][kind].append(torch.cat([ends[kind][0], p.view(len(xb), -1),
+                                                    ends[kind][1]], dim=1).cpu())
+        targets.append(tb.cpu())
         bar.update(len(xb))
     bar.close()
-    return target.cpu(), {m: Curves(*(torch.cat(c[k]) for k in KINDS)) for m, c in out.items()}
+    return torch.cat(targets), {m: Curves(*(torch.cat(c[k]) for k in KINDS)) for m, c in out.items()}
 
 
 def auc(curves: Tensor) -> Tensor:
