@@ -37,11 +37,11 @@ def tiny_params_file(tmp_path_factory, _params_raw, train_archive):
     return write_params(tmp_path_factory.mktemp("params") / "params.yaml", raw)
 
 
-def gpu_check(env, archive, md5, out, *extra):
+def gpu_check(env, archive, md5, out, *extra, timeout=300):
     cmd = [sys.executable, "-m", "vitlens.gpu_check", "--archive", str(archive), "--md5", md5,
            "--out", str(out), *map(str, extra)]
     return subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +133,38 @@ def test_a_small_budget_skips_the_optional_phases(bare_env, tiny_params_file, tr
 
 
 def test_a_bad_md5_stops_with_one_line(bare_env, train_archive, tmp_path):
-    r = gpu_check(bare_env, train_archive.path, "0" * 32, tmp_path)
+    r = gpu_check(bare_env, train_archive.path, "0" * 32, tmp_path, timeout=60)
     assert r.returncode == 1
     assert r.stderr.startswith("error: MD5 mismatch") and r.stderr.count("\n") == 1, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     steps = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]
     assert steps["prepare"]["status"] == "failed" and "MD5" in steps["prepare"]["error"]
     assert not (tmp_path / "cifar10.npz").exists()
+
+
+def test_a_failed_step_is_recorded_and_the_rest_still_run(tmp_path, capsys):
+    from vitlens.check_runner import Check
+    from vitlens.errors import VitlensError
+
+    path = tmp_path / "check.json"
+    check = Check(path, 600, optional=["opt"], skip=[])
+
+    def broken():
+        raise RuntimeError("kernel exploded")
+
+    check.step("first", broken)
+    check.step("second", lambda: {"value": 2})
+    check.step("third", lambda: {}, needs=("first",))
+    check.step("opt", lambda: {}, estimate=10_000)
+    with pytest.raises(KeyboardInterrupt):  # a timeout's SIGTERM, as run_main turns it
+        check.step("killed", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(VitlensError):
+        check.step("fatal", lambda: (_ for _ in ()).throw(VitlensError("bad archive")), fatal=True)
+    steps = json.loads(path.read_text())["steps"]
+    assert steps["first"]["status"] == "failed" and "RuntimeError: kernel exploded" in steps["first"]["error"]
+    assert steps["second"] == {"status": "ok", "value": 2, "seconds": steps["second"]["seconds"]}
+    assert steps["third"]["skipped"] == "needs first, which did not finish"
+    assert steps["opt"]["skipped"].startswith("needs ~10000s")
+    assert steps["killed"]["status"] == "interrupted"
+    assert steps["fatal"] == {"status": "failed", "error": "bad archive", "seconds": steps["fatal"]["seconds"]}
+    assert "Traceback" in capsys.readouterr().out  # the broken step's, for the log

@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import importlib.metadata
 import importlib.util
-import io
 import json
 import os
 import re
@@ -24,119 +23,31 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 import yaml
 
 from vitlens import tracking
 from vitlens.bench_report import environment
+from vitlens.check_runner import Check, Skip, Tee
 from vitlens.cifar import prepare
 from vitlens.config import load_params, parse_params
 from vitlens.device import pick_device
 from vitlens.errors import VitlensError, run_main
-from vitlens.io import write_json
 from vitlens.model import load_model
 from vitlens.stages.evaluate import run_evaluation
 from vitlens.stages.train import run_training
 from vitlens.stages.visualize import run_visualize
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/ lives here
-FIGURES = ("training_curves.png", "input_grid.png", "attention_overlays.png",
-           "rollout_vs_heads.png", "attention_distance.png")
 MAX_FILES, MAX_BYTES = 8, 16 * 2**20  # what the device machine hands back
 OPTIONAL = ("train_compiled", "pytest_gpu", "bench")  # the phases the budget may skip
 # Guesses in seconds on one H100 for what no finished phase predicts; the JSON records the
 # actual times to correct them with.
 COMPILE_S, PYTEST_S, BENCH_S, QUICK_BENCH_S = 60.0, 30.0, 90.0, 20.0
-
-
-class Skip(Exception):
-    """A phase that cannot run here, for a reason that is not a failure."""
-
-
-class Tee(io.TextIOBase):
-    """stdout to the terminal and the log at once, flushed per write so a kill loses nothing."""
-
-    def __init__(self, *streams: TextIO):
-        self.streams = streams
-
-    def write(self, s: str) -> int:
-        for st in self.streams:
-            st.write(s)
-            st.flush()
-        return len(s)
-
-
-class Check:
-    """The clock, the budget and the results; gpu_check.json is rewritten after every step."""
-
-    def __init__(self, out: Path, budget_s: float, skip: list[str]):
-        self.out, self.budget_s, self.skip = out, budget_s, set(skip)
-        self.t0 = time.perf_counter()
-        self.result: dict[str, Any] = {"budget_s": budget_s, "steps": {}}
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def say(self, msg: str) -> None:
-        print(f"[{self.elapsed():5.0f}s] {msg}", flush=True)
-
-    def save(self) -> None:
-        self.result["elapsed_s"] = self.elapsed()
-        write_json(self.out / "gpu_check.json", self.result)
-
-    def get(self, name: str) -> dict[str, Any]:
-        return self.result["steps"].get(name, {})
-
-    def ok(self, name: str) -> bool:
-        return self.get(name).get("status") == "ok"
-
-    def _skip_reason(self, name: str, needs: tuple[str, ...], estimate: float) -> str:
-        missing = [n for n in needs if not self.ok(n)]
-        if missing:
-            return f"needs {', '.join(missing)}, which did not finish"
-        if name in self.skip:
-            return f"--skip {name}"
-        left = self.budget_s - self.elapsed()
-        if name in OPTIONAL and estimate > left:
-            return f"needs ~{estimate:.0f}s, {max(left, 0):.0f}s left of --budget-s {self.budget_s:g}"
-        return ""
-
-    def step(self, name: str, fn: Callable[[], dict[str, Any]], *, needs: tuple[str, ...] = (),
-             estimate: float = 0.0, fatal: bool = False) -> None:
-        """Run one phase unless skipped; record its status, seconds and results or error."""
-        reason = self._skip_reason(name, needs, estimate)
-        if reason:
-            self.say(f"skip {name}: {reason}")
-            self.result["steps"][name] = {"status": "skipped", "skipped": reason}
-            self.save()
-            return
-        eta = f", ETA ~{estimate:.0f}s" if estimate else ""
-        self.say(f"{name}: start{eta} ({self.budget_s - self.elapsed():.0f}s of the budget left)")
-        t = time.perf_counter()
-        rec: dict[str, Any] = {"status": "interrupted"}  # what a timeout's SIGTERM leaves
-        try:
-            rec = {"status": "ok", **fn()}
-        except Skip as e:
-            rec = {"status": "skipped", "skipped": str(e)}
-        except VitlensError as e:
-            rec = {"status": "failed", "error": str(e)}
-            if fatal:
-                raise
-        except Exception as e:  # noqa: BLE001 - one broken phase must not lose the others
-            traceback.print_exc(file=sys.stdout)
-            rec = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-        finally:
-            rec["seconds"] = time.perf_counter() - t
-            self.result["steps"][name] = rec
-            self.save()
-        detail = rec.get("error") or rec.get("skipped")
-        self.say(f"{name}: {rec['status']} in {rec['seconds']:.1f}s" + (f": {detail}" if detail else ""))
 
 
 def mlflow_version() -> str | None:
@@ -210,9 +121,10 @@ def evaluate_phase(folder: Path, data: Path, out: Path | None) -> dict[str, Any]
 
 def visualize_phase(folder: Path, data: Path, out: Path) -> dict[str, Any]:
     run_visualize(str(folder / "params.yaml"), folder / "model.pt", data, folder / "figures")
-    for name in FIGURES:
+    figures = sorted(p.name for p in (folder / "figures").glob("*.png"))  # all the stage draws
+    for name in figures:
         shutil.copyfile(folder / "figures" / name, out / name)
-    return {"figures": list(FIGURES)}
+    return {"figures": figures}
 
 
 def pytest_phase(timeout_s: float) -> dict[str, Any]:
@@ -261,16 +173,16 @@ def compare(check: Check) -> dict[str, Any]:
 
 
 def results_files(check: Check) -> None:
-    files = {p.name: p.stat().st_size for p in sorted(check.out.iterdir()) if p.is_file()}
+    files = {p.name: p.stat().st_size for p in sorted(check.path.parent.iterdir()) if p.is_file()}
     ok = len(files) <= MAX_FILES and max(files.values()) < MAX_BYTES
     check.result["files"] = {"bytes": files, "within_limits": ok}
-    check.say(f"{check.out}: {len(files)} files, largest {max(files.values()) / 2**20:.2f} MB "
+    check.say(f"{check.path.parent}: {len(files)} files, largest {max(files.values()) / 2**20:.2f} MB "
               f"({'within' if ok else 'OVER'} the limits of {MAX_FILES} files, "
               f"{MAX_BYTES // 2**20} MB each)")
 
 
 def run_check(args: argparse.Namespace, work: Path) -> None:
-    check = Check(args.out, args.budget_s, args.skip)
+    check = Check(args.out / "gpu_check.json", args.budget_s, optional=OPTIONAL, skip=args.skip)
     mlflow = mlflow_version()
     raw = check_params(args, mlflow is not None)
     check.result.update(command=sys.argv, environment=machine(mlflow),
@@ -334,7 +246,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "gpu_check.log", "w") as log, \
+    with open(args.out / "gpu_check.log", "w", encoding="utf-8") as log, \
             contextlib.redirect_stdout(Tee(sys.stdout, log)), \
             work_folder(args.work, args.out) as work:
         run_check(args, work)
