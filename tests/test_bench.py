@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vitlens import bench
+from vitlens import bench, bench_data
 from vitlens.data import channel_stats
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
@@ -85,9 +85,9 @@ def test_pipelines_produce_the_same_augmentations(pil):
 
     t = load_params(PARAMS).train
     assert t.crop_padding > 0 and t.flip  # the default recipe augments
-    x, y = bench.synthetic_images(8)
+    x, y = bench_data.synthetic_images(8)
     norm = Normalizer(*channel_stats(x))
-    ds = bench.TransformedImages(x, y, bench.per_image_transform(t.crop_padding, t.flip, norm,
+    ds = bench_data.TransformedImages(x, y, bench_data.per_image_transform(t.crop_padding, t.flip, norm,
                                                                  pil), pil)
     theirs = torch.stack([ds[i][0] for i in range(8)])
     split = Split(torch.from_numpy(x), torch.from_numpy(y))

@@ -16,28 +16,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
-from vitlens.bench_report import environment, loader_name, report
+from vitlens.bench_data import IMAGE_SIZE, NUM_CLASSES, bench_pipelines, synthetic_images
+from vitlens.bench_report import environment, report
 from vitlens.config import ModelConfig, Params, load_params
-from vitlens.data import Normalizer, Split, batch_indices, channel_stats
+from vitlens.data import Normalizer, Split, channel_stats
 from vitlens.device import autocast, pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
 from vitlens.model import build_model
 from vitlens.timing import alternate, paired_speedup, summary, time_calls
-from vitlens.training import VAL_BATCH, batch_maker, make_optimizer
+from vitlens.training import VAL_BATCH, batch_maker, make_optimizer, optimizer_step
 
-NUM_CLASSES = 10
-IMAGE_SIZE = 32        # pixels; the pipelines produce CIFAR-sized images whatever the model
 CIFAR_TRAIN = 50_000   # CIFAR-10 training images, before the validation split
-LOADERS = tuple((kind, w) for kind in ("tensor", "pil") for w in (0, 2))  # images, workers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,21 +95,12 @@ def count_params(model: nn.Module) -> int:
 
 def train_step(model: nn.Module, batch: Callable[[], tuple[Tensor, Tensor]], params: Params,
                device: torch.device) -> Callable[[], None]:
-    """One optimizer step as training.train takes it: AdamW on the same param groups,
-    autocast, label-smoothed cross-entropy, gradient clipping."""
-    t = params.train
-    opt = make_optimizer(model, t, device)
+    """training.train's own optimizer step, on the same AdamW param groups."""
+    opt = make_optimizer(model, params.train, device)
 
     def step() -> None:
-        x, y = batch()
         model.train()
-        with autocast(device):
-            loss = F.cross_entropy(model(x).float(), y, label_smoothing=t.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
+        optimizer_step(model, model, opt, *batch(), params.train, device)
     return step
 
 
@@ -136,105 +120,6 @@ def bench_models(params: Params, s: Settings, device: torch.device) -> dict[str,
     out["ratio_ours_over_timm"] = (out["ours"]["images_per_second"]
                                    / out["timm"]["images_per_second"])
     out["paired_ratio_ours_over_timm"] = paired_speedup(out["ours"], out["timm"])
-    return out
-
-
-# --- 2. data pipeline: on-device batches vs a per-image DataLoader ----------------------------
-
-def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 3, 32, 32) uint8 noise images and int64 labels, so no dataset is needed."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    return x, rng.integers(0, NUM_CLASSES, n, dtype=np.int64)
-
-
-class TransformedImages(Dataset):
-    """uint8 images with a per-image transform, the usual DataLoader setup. As `pil` images,
-    the way torchvision.datasets.CIFAR10 hands them out (the notebook's setup), or as uint8
-    tensors, which torchvision's transforms handle faster here."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, transform: Callable[[Any], Tensor],
-                 pil: bool = False):
-        self.x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if pil else torch.from_numpy(x)
-        self.y, self.transform, self.pil = torch.from_numpy(y), transform, pil
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        image = Image.fromarray(np.asarray(self.x[i])) if self.pil else self.x[i]
-        return self.transform(image), self.y[i]
-
-
-def per_image_transform(padding: int, flip: bool, norm: Normalizer,
-                        pil: bool = False) -> transforms.Compose:
-    """The per-image twin of CropFlip + normalize: zero-padded crop, flip, [0, 1], z."""
-    steps: list[Callable] = [transforms.RandomCrop(IMAGE_SIZE, padding=padding)] if padding else []
-    steps += [transforms.RandomHorizontalFlip()] if flip else []
-    to_float = transforms.ToTensor() if pil else transforms.ConvertImageDtype(torch.float32)
-    return transforms.Compose([*steps, to_float, transforms.Normalize(norm.mean, norm.std)])
-
-
-def ours_epoch(split: Split, norm: Normalizer, params: Params, batch_size: int,
-               device: torch.device) -> Callable[[], None]:
-    """An epoch of inputs as training.train makes them."""
-    order = torch.Generator(device).manual_seed(0)
-    batch = batch_maker(split, norm, params.train, torch.Generator(device).manual_seed(1))
-
-    def epoch() -> None:
-        for idx in batch_indices(len(split), batch_size, order):
-            batch(idx)
-    return epoch
-
-
-def loader_epoch(loader: DataLoader, device: torch.device) -> Callable[[], None]:
-    def epoch() -> None:
-        for xb, yb in loader:
-            xb.to(device, non_blocking=True)
-            yb.to(device, non_blocking=True)
-    return epoch
-
-
-def one_thread(fn: Callable[[], None]) -> Callable[[], None]:
-    """`fn` with torch on one CPU thread: on a shared CPU, every multi-threaded op of a small
-    batch waits at a barrier for a descheduled thread (DataLoader workers use one thread)."""
-    def run() -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            fn()
-        finally:
-            torch.set_num_threads(threads)
-    return run
-
-
-def bench_pipelines(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
-    t = params.train
-    x, y = synthetic_images(s.images)
-    norm = Normalizer(*channel_stats(x))
-    split = Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-    epochs = {"ours": ours_epoch(split, norm, params, s.batch_size, device)}
-    if device.type == "cpu" and torch.get_num_threads() > 1:
-        epochs["ours_1_thread"] = one_thread(epochs["ours"])
-    for kind, w in LOADERS:
-        pil = kind == "pil"
-        ds = TransformedImages(x, y, per_image_transform(t.crop_padding, t.flip, norm, pil), pil)
-        # Persistent workers: the untimed first epoch pays their start-up, not the timed ones.
-        loader = DataLoader(ds, batch_size=s.batch_size, shuffle=True, drop_last=True,
-                            num_workers=w, persistent_workers=w > 0,
-                            pin_memory=device.type == "cuda")
-        epochs[loader_name(kind, w)] = loader_epoch(loader, device)
-    for epoch in epochs.values():
-        epoch()
-    times = alternate(epochs, n=s.pipeline_epochs, rounds=s.pipeline_epochs, device=device)
-    per_epoch = (s.images // s.batch_size) * s.batch_size
-    out: dict[str, Any] = {"images": s.images, "loaders": [list(kw) for kw in LOADERS],
-                           **{name: summary(sec, per_epoch) for name, sec in times.items()}}
-    best = max((loader_name(*kw) for kw in LOADERS), key=lambda k: out[k]["images_per_second"])
-    out["best_dataloader"] = best
-    out["ratio_ours_over_best_dataloader"] = (out["ours"]["images_per_second"]
-                                              / out[best]["images_per_second"])
-    out["paired_ratio_ours_over_best_dataloader"] = paired_speedup(out["ours"], out[best])
     return out
 
 
@@ -304,7 +189,8 @@ def run_bench(params: Params, s: Settings, device: torch.device) -> dict[str, An
                    "rounds": s.rounds, "pipeline_epochs": s.pipeline_epochs,
                    "model": dataclasses.asdict(s.model)},
         "models": bench_models(params, s, device),
-        "pipeline": bench_pipelines(params, s, device),
+        "pipeline": bench_pipelines(params, images=s.images, batch_size=s.batch_size,
+                                     epochs=s.pipeline_epochs, device=device),
         "epochs": bench_epochs(params, s, device)}
     # Other processes' CPU load skews CPU timings: record it to judge the numbers by.
     result["environment"]["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}

@@ -145,6 +145,22 @@ def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> to
                              fused=device.type in ("cuda", "cpu"))
 
 
+def optimizer_step(fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor,
+                   y: Tensor, t: TrainConfig, device: torch.device) -> tuple[Tensor, Tensor]:
+    """One step on (x, y): autocast forward through `fwd` (the model, maybe wrapped),
+    label-smoothed loss in fp32, backward, clipping, AdamW; returns (loss, logits), left on
+    the device: reading them is a host sync."""
+    with autocast(device):
+        logits = fwd(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if t.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    opt.step()
+    return loss, logits
+
+
 def _train_epoch(bar: tqdm, fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,
                  batch: Callable[[Tensor], tuple[Tensor, Tensor]], t: TrainConfig,
                  schedule: Callable[[int], float], step: int, epoch: int,
@@ -159,14 +175,7 @@ def _train_epoch(bar: tqdm, fwd: nn.Module, model: nn.Module, opt: torch.optim.O
         for g in opt.param_groups:
             g["lr"] = lr
         x, yb = batch(idx)
-        with autocast(device):
-            logits = fwd(x)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=t.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
+        loss, logits = optimizer_step(fwd, model, opt, x, yb, t, device)
         step += 1
         stats.add(loss, logits, yb)
         if i % 20 == 0:  # a host sync: rare enough not to stall a GPU
