@@ -168,3 +168,31 @@ def test_a_failed_step_is_recorded_and_the_rest_still_run(tmp_path, capsys):
     assert steps["killed"]["status"] == "interrupted"
     assert steps["fatal"] == {"status": "failed", "error": "bad archive", "seconds": steps["fatal"]["seconds"]}
     assert "Traceback" in capsys.readouterr().out  # the broken step's, for the log
+
+
+def test_set_and_epochs_overrides_are_validated(train_archive, tiny_params_file):
+    from vitlens.errors import VitlensError
+    from vitlens.gpu_check import check_params, parse_args
+
+    def params(*extra, tracking_on=True):
+        return check_params(parse_args(["--archive", str(train_archive.path), "--md5",
+                                        train_archive.md5, "--params", str(tiny_params_file),
+                                        *extra]), tracking_on)
+
+    raw = params("--set", "train.lr=3e-4", "--epochs", "10", "--set", "train.nproc=4")
+    assert raw["train"]["lr"] == 3e-4 and raw["train"]["epochs"] == 10
+    assert raw["train"]["warmup_epochs"] == 2.0 and raw["train"]["nproc"] == 1
+    assert raw["data"]["url"] == str(train_archive.path) and raw["tracking"]["enabled"]
+    assert not params(tracking_on=False)["tracking"]["enabled"]
+    for bad, msg in [("model.dim", "section.key=value"), ("nosuch.x=1", "known section"),
+                     ("model.nosuch=1", "not a known key"), ("model.dim=abc", "an integer")]:
+        with pytest.raises(VitlensError, match=msg):
+            params("--set", bad)
+
+
+def test_a_missing_pytest_is_a_skip_not_a_failure(monkeypatch):
+    from vitlens import gpu_check
+
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(gpu_check.Skip, match="pytest not installed"):
+        gpu_check.pytest_phase(60)
