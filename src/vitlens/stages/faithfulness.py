@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
 from vitlens import faithfulness_plots, plots, tracking
 from vitlens.attention import upsample_map
-from vitlens.cifar import load_arrays
+from vitlens.cifar import Cifar10, load_arrays
 from vitlens.config import FaithfulnessConfig, load_params
 from vitlens.data import Normalizer
 from vitlens.device import pick_device
@@ -31,11 +33,27 @@ def choose_images(cfg: FaithfulnessConfig, n_test: int) -> np.ndarray:
     return np.random.default_rng(cfg.seed).permutation(n_test)[:cfg.images]
 
 
-def curve_rows(fraction: np.ndarray, curves: dict[str, Curves]) -> list[dict[str, float]]:
+def curve_rows(fraction: np.ndarray, means: dict[str, dict[str, np.ndarray]]) -> list[dict[str, float]]:
     """One row per step, one column per kind and method: the wide shape `dvc plots` draws."""
-    means = {f"{k}_{m}": getattr(c, k).mean(dim=0).tolist() for k in KINDS for m, c in curves.items()}
-    return [{"fraction": float(f), **{col: v[t] for col, v in means.items()}}
+    cols = {f"{k}_{m}": curve for k, by_method in means.items() for m, curve in by_method.items()}
+    return [{"fraction": float(f), **{c: float(v[t]) for c, v in cols.items()}}
             for t, f in enumerate(fraction)]
+
+
+def figures(data: Cifar10, chosen: np.ndarray, pred: Tensor, maps: dict[str, Tensor],
+            curves: dict[str, Curves], means: dict[str, dict[str, np.ndarray]], fraction: np.ndarray,
+            summary: dict[str, dict[str, float]], cfg: FaithfulnessConfig) -> dict[str, Figure]:
+    """The mean curves, and the first `show_images` chosen images with every method's map."""
+    show, classes = slice(0, cfg.show_images), data.classes
+    images = data.x_test[chosen[show]]
+    titles = [f"#{i} {classes[t]} -> {classes[p]}"
+              for i, t, p in zip(chosen[show], data.y_test[chosen[show]], pred[show].tolist())]
+    up = {m: upsample_map(v[show], images.shape[-1]).numpy() for m, v in maps.items()}
+    scores = {m: torch.stack([auc(c.deletion[show]), auc(c.insertion[show])], dim=1).numpy()
+              for m, c in curves.items()}
+    return {"curves.png": faithfulness_plots.curves_figure(fraction, means, summary, images=len(chosen),
+                                                           confidence=cfg.confidence),
+            "methods.png": faithfulness_plots.methods_figure(images, up, titles, scores)}
 
 
 def run_faithfulness(params_path: str, model_path: Path, data_path: Path, out_dir: Path,
@@ -61,31 +79,18 @@ def run_faithfulness(params_path: str, model_path: Path, data_path: Path, out_di
     metrics = {"images": len(chosen), **summary}
 
     fraction = (step_counts(patches, cfg.steps).double() / patches).numpy()
-    rows = curve_rows(fraction, curves)
+    means = {k: {m: getattr(c, k).mean(dim=0).numpy() for m, c in curves.items()} for k in KINDS}
     write_json(metrics_path, metrics)
-    write_csv(out_dir / "curves.csv", rows)
-    means = {k: {m: np.array([r[f"{k}_{m}"] for r in rows]) for m in curves} for k in KINDS}
-    show = slice(0, cfg.show_images)
-    classes = data.classes
-    titles = [f"#{i} {classes[t]} -> {classes[p]}"
-              for i, t, p in zip(chosen[show], data.y_test[chosen[show]], pred[show].tolist())]
-    figures = {
-        "curves.png": faithfulness_plots.curves_figure(fraction, means, summary, images=len(chosen),
-                                                       confidence=cfg.confidence),
-        "methods.png": faithfulness_plots.methods_figure(
-            data.x_test[chosen[show]],
-            {m: upsample_map(v[show], x.shape[-1]).numpy() for m, v in maps.items()}, titles,
-            {m: torch.stack([auc(c.deletion[show]), auc(c.insertion[show])], 1).numpy()
-             for m, c in curves.items()}),
-    }
-    for name, fig in figures.items():
+    write_csv(out_dir / "curves.csv", curve_rows(fraction, means))
+    figs = figures(data, chosen, pred, maps, curves, means, fraction, summary, cfg)
+    for name, fig in figs.items():
         plots.save_figure(fig, out_dir / name)
 
     if params.tracking.enabled and rec["mlflow_run_id"]:
         run = tracking.open_run(rec["mlflow_run_id"])
         run.log_metrics({f"faithfulness/{m}/{k}": v for m, row in summary.items() for k, v in row.items()}
                         | {"faithfulness/seconds": seconds})
-        for path in (*(out_dir / name for name in figures), out_dir / "curves.csv", metrics_path):
+        for path in (*(out_dir / name for name in figs), out_dir / "curves.csv", metrics_path):
             run.log_artifact(path, "faithfulness")
     print(f"{len(chosen)} images, {len(cfg.methods)} methods, {cfg.steps} steps in {seconds:.1f}s "
           f"on {device.type} -> {metrics_path}")
