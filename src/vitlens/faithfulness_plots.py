@@ -37,7 +37,7 @@ def curves_figure(fraction: np.ndarray, curves: Mapping[str, Mapping[str, np.nda
             ax.plot(fraction, curve, label=label, **style)
         xlabel, better = AXES[kind]
         ax.set(xlabel=xlabel, ylabel="probability of the predicted class",
-               title=f"{kind} ({better})", xlim=(0, 1), ylim=(0, None))
+               title=f"{kind} ({better})", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Do the maps show what the model uses? Mean over {images} test images; "

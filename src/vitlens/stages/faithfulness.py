@@ -46,7 +46,7 @@ def figures(data: Cifar10, chosen: np.ndarray, pred: Tensor, maps: dict[str, Ten
     """The mean curves, and the first `show_images` chosen images with every method's map."""
     show, classes = slice(0, cfg.show_images), data.classes
     images = data.x_test[chosen[show]]
-    titles = [f"#{i} {classes[t]} -> {classes[p]}"
+    titles = [f"test #{i}: {classes[t]}\npredicted {classes[p]}"
               for i, t, p in zip(chosen[show], data.y_test[chosen[show]], pred[show].tolist())]
     up = {m: upsample_map(v[show], images.shape[-1]).numpy() for m, v in maps.items()}
     scores = {m: torch.stack([auc(c.deletion[show]), auc(c.insertion[show])], dim=1).numpy()
