@@ -142,7 +142,7 @@ def test_bad_files_get_one_line_each_and_the_good_ones_are_predicted(project, tm
     assert "no such file" in reasons["missing.png"]
 
 
-def test_a_missing_model_says_what_to_run(tmp_path, pictures, monkeypatch, capsys):
+def test_a_missing_model_says_what_to_run(tmp_path, pictures, monkeypatch, capsys, mlflow_store):
     code, out, err = cli(monkeypatch, capsys, pictures, "--model", tmp_path / "model.pt")
     assert code == 1 and out == ""
     assert err.strip().splitlines() == [
