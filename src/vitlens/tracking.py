@@ -115,7 +115,7 @@ class Run:
         from mlflow.entities import Metric
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
-        what = f"epoch {step} metrics" if step else ", ".join(metrics)
+        what = f"epoch {step} metrics" if step else "metrics"
         self._log(what, lambda: _retry(self.client.log_batch, self.id, metrics=items))
 
     def log_artifact(self, path: str | os.PathLike, artifact_dir: str) -> None:
