@@ -114,6 +114,17 @@ def test_text_output_and_batches_do_not_change_answers(project, pictures):
     assert one[0].line().startswith(f"{pictures / '0_rgb.png'}: {one[0].top[0][0]} ")
 
 
+def test_drawing_overlays_does_not_change_the_prediction(project, test_images, tmp_path):
+    rng = np.random.default_rng(0)
+    big = np.kron(test_images[0], np.ones((40, 50, 1), np.uint8))  # 1280x1600, a large photo
+    noisy = np.clip(big + rng.normal(0, 20, big.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "photo.jpg", quality=90)
+    model = FileModel(project / "models/model.pt", torch.device("cpu"))
+    plain, _ = run_predict(model, [tmp_path / "photo.jpg"], top_k=10)
+    drawn, _ = run_predict(model, [tmp_path / "photo.jpg"], top_k=10, out=tmp_path / "out")
+    assert plain[0].top == drawn[0].top and drawn[0].overlay
+
+
 def test_bad_files_get_one_line_each_and_the_good_ones_are_predicted(project, tmp_path, pictures):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -80,7 +80,9 @@ def load_image(path: Path, size: int, picture: int = 0) -> tuple[np.ndarray, np.
         with Image.open(path) as img:
             if img.format not in FORMATS:
                 raise BadImage(f"a {img.format} image, not PNG, JPEG or BMP")
-            img.draft(None, (max(size, picture),) * 2)  # JPEG: decode at a reduced scale >= that
+            # JPEG: decode at a reduced scale, never below PICTURE_PX, the same with or without
+            # `picture`, so that drawing overlays does not change the prediction.
+            img.draft(None, (max(size, PICTURE_PX),) * 2)
             rgb = _rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError:
         raise BadImage("not an image (PNG, JPEG or BMP expected)") from None
