@@ -130,3 +130,11 @@ def test_download_stage_rejects_bad_params(tmp_path: Path, params_dict: dict,
     assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], r.stderr
     assert r.stdout == ""
     assert sorted(tmp_path.rglob("*")) == [params]
+
+
+def test_batch_size_must_split_evenly_over_processes(params_dict: dict) -> None:
+    params_dict["train"].update(batch_size=256, nproc=3)
+    with pytest.raises(ConfigError, match=r"train.batch_size=256 must be divisible by train.nproc=3"):
+        parse_params(params_dict)
+    params_dict["train"]["nproc"] = 4
+    assert parse_params(params_dict).train.nproc == 4

@@ -183,3 +183,36 @@ def test_mlflow_run_holds_params_metrics_and_model(tiny_params, cifar_npz, tmp_p
                                          filter_string=f"source_run_id = '{run.info.run_id}'")
     assert len(models) == 1
     assert models[0].artifact_location.startswith((mlflow_store / "mlartifacts").as_uri())
+
+
+def test_first_steps_print_an_estimate_of_the_whole_run(tiny_params, cifar_npz, tmp_path,
+                                                         monkeypatch, capsys):
+    monkeypatch.setattr(training, "ETA_STEP", 2)
+    fit(tiny_params(**{"train.epochs": 2}), cifar_npz, tmp_path)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert text.count("estimate:") == 1  # once, in the first epoch
+    assert "of training for the 19 steps left" in text  # 2 epochs x 11 steps, 3 done
+    assert "eta 0 s" in text  # the last epoch's line
+
+
+def test_resumed_run_logs_each_epoch_once_and_takes_the_new_experiments_tags(mlflow_store,
+                                                                             monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from vitlens import tracking
+
+    monkeypatch.setenv("DVC_EXP_NAME", "first-exp")
+    run = tracking.create_run("tests", "first-exp", tracking.dvc_tags())
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 2.0 / e} for e in (1, 2, 3)]
+    run.log_metrics(tracking.epoch_metrics(rows[0]), step=1)  # epoch 2 was killed before logging
+    monkeypatch.setenv("DVC_EXP_NAME", "second-exp")
+    run.reopen()
+    run.log_missing_epochs(rows[:2])
+    client = MlflowClient()
+    assert sorted(m.step for m in client.get_metric_history(run.id, "val/loss")) == [1, 2]
+    assert client.get_run(run.id).data.tags["dvc_exp_name"] == "second-exp"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    run.reopen()  # resumed by a plain `dvc repro`: no experiment any more
+    assert "dvc_exp_name" not in client.get_run(run.id).data.tags
+    run.finish("FINISHED")
