@@ -59,6 +59,8 @@ def test_int_is_accepted_and_stored_as_float(params_dict: dict) -> None:
     ("model.depth", 0, "model.depth=0 must be >= 1"),
     ("data.retries", 11, "data.retries=11 must be <= 10"),
     ("train.device", "tpu", "train.device='tpu' must be one of auto, cpu, cuda, mps"),
+    ("train.compile_mode", "cudagraphs", "train.compile_mode='cudagraphs' must be one of "
+     "default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
     ("model.image_size", 30, "model.image_size=30 must be divisible by model.patch_size=4"),
     ("train.warmup_epochs", 100, "train.warmup_epochs=100 must be <= train.epochs=20"),
     ("train.min_lr", 0.5, "train.min_lr=0.5 must be <= train.lr=0.001"),

@@ -35,6 +35,19 @@ def test_tiny_run_learns(tiny_params, cifar_npz, tmp_path):
     assert all(r["images_per_second"] > 0 and r["lr"] > 0 for r in h)
 
 
+def test_compile_takes_the_configured_mode(tiny_params, cifar_npz, tmp_path, monkeypatch):
+    modes = []
+
+    def fake_compile(fn, *, mode):  # the real one would spend a minute compiling on a CPU
+        modes.append(mode)
+        return fn
+    monkeypatch.setattr(training.torch, "compile", fake_compile)
+    fit(tiny_params(**{"train.epochs": 1}), cifar_npz, tmp_path / "eager")
+    fit(tiny_params(**{"train.epochs": 1, "train.compile": True,
+                       "train.compile_mode": "reduce-overhead"}), cifar_npz, tmp_path / "graphs")
+    assert modes == ["reduce-overhead"]
+
+
 def test_lr_schedule_warms_up_then_decays():
     lrs = [training.lr_at(s, total=100, warmup=10, lr=1.0, min_lr=0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)

@@ -53,6 +53,11 @@ class ModelConfig:
     drop_path: float = spec(ge=0, lt=1)
 
 
+# torch.compile's modes: reduce-overhead adds CUDA graphs (one launch per graph, not per
+# kernel); the max-autotune ones search kernel configs, minutes of compiling.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = spec(ge=1)
@@ -68,6 +73,7 @@ class TrainConfig:
     seed: int = spec(ge=0)
     device: str = spec(choices=("auto", "cpu", "cuda", "mps"))
     compile: bool = spec()
+    compile_mode: str = spec(choices=COMPILE_MODES)
     threads: int = spec(ge=0)
     nproc: int = spec(ge=1)
 

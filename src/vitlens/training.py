@@ -240,7 +240,7 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
             print(f"resuming from {checkpoint} after epoch {start_epoch}")
     fwd = wrap(model)
     if t.compile:
-        fwd = cast(nn.Module, torch.compile(fwd))
+        fwd = cast(nn.Module, torch.compile(fwd, mode=t.compile_mode))
 
     schedule = partial(lr_at, total=total, warmup=warmup, lr=t.lr, min_lr=t.min_lr)
     batch = batch_maker(train_split, norm, t, gens["augment"])
