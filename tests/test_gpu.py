@@ -1,7 +1,6 @@
 """CUDA-only checks of the real training loop, skipped without a GPU: the bf16 path learns,
 and an epoch's host syncs do not grow with its steps (a per-step sync would let the GPU idle
-while the CPU waits, every step)."""
-import warnings
+while the CPU waits, every step), and the profile ranks kernels."""
 from collections.abc import Callable
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 
 from vitlens import training
 from vitlens.cifar import load_arrays
+from vitlens.profiling import host_syncs, profile_training
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -19,18 +19,6 @@ def test_bf16_training_learns_on_cuda(tiny_params, cifar_npz, tmp_path):
     result = training.train(params, load_arrays(cifar_npz), checkpoint=tmp_path / "ckpt.pt")
     assert result.device.type == "cuda"
     assert result.history[-1]["val_acc"] > 0.3
-
-
-def host_syncs(fn: Callable[[], object]) -> int:
-    """How many synchronizing CUDA calls `fn` makes (torch's sync debug mode warns on each)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def test_an_epochs_host_syncs_do_not_grow_with_its_steps(tiny_params, cifar_npz, tmp_path):
@@ -45,3 +33,12 @@ def test_an_epochs_host_syncs_do_not_grow_with_its_steps(tiny_params, cifar_npz,
     epoch(160)()  # CUDA context, cuBLAS handles and kernels are made once, not counted
     few, many = host_syncs(epoch(160)), host_syncs(epoch(352))
     assert few == many, f"{few} syncs in a 5-step epoch, {many} in an 11-step one"
+
+
+def test_the_profiled_step_never_syncs_and_ranks_kernels(tiny_params, cifar_npz):
+    params = tiny_params(**{"train.device": "cuda"})
+    split, _, norm = training.device_splits(params, load_arrays(cifar_npz), torch.device("cuda"))
+    p = profile_training(params, split, norm, mode=None, steps=5, warmup=2)
+    assert p["syncs_per_step"] == 0, p["verdict"]
+    assert p["ranked_by"] == "GPU kernel time" and p["kernels_per_step"] > 0
+    assert 0 < p["gpu_busy_share"] <= 1.05  # the kernels fit in the step's wall time

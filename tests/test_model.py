@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from vitlens import model as model_module
 from vitlens.config import ModelConfig
-from vitlens.model import DropPath, ViT, build_model, param_groups
+from vitlens.model import DropPath, ViT, build_model, param_groups, train_flops_per_image
 
 
 def tiny(**kw) -> ViT:
@@ -95,3 +96,18 @@ def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
     assert (per_sample[:, 0] == 0).float().mean().item() == pytest.approx(0.3, abs=0.015)
     assert out.mean().item() == pytest.approx(1.0, abs=0.02)
     assert torch.equal(drop.eval()(x), x)
+
+
+@pytest.mark.parametrize("patch,dim,depth,mlp", [(4, 64, 3, 2.0), (2, 48, 2, 3.0), (8, 96, 1, 4.0)])
+def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, mlp):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def sdpa(q, k, v, dropout_p=0.0):  # the CPU's fused kernel is not counted: spell it out
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", sdpa)
+    cfg = ModelConfig(image_size=32, patch_size=patch, dim=dim, depth=depth, heads=2,
+                      mlp_ratio=mlp, dropout=0.0, attn_dropout=0.0, drop_path=0.0)
+    model, x = build_model(cfg, 10), torch.randn(4, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    assert train_flops_per_image(cfg) == pytest.approx(counter.get_total_flops() / 4, rel=0.01)

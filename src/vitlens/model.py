@@ -146,6 +146,18 @@ def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
                dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, drop_path=cfg.drop_path)
 
 
+def train_flops_per_image(cfg: ModelConfig, num_classes: int = 10) -> float:
+    """FLOPs of one training step per image: 2 per multiply-add, backward twice the forward.
+    Counts the matrix products (patch embedding, QKV, attention, projection, MLP, head),
+    with the last block on the CLS query alone, as ViT.forward runs it."""
+    n, d, h = (cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+    token = 4 * d * d + 2 * h * d + 2 * n * d  # QKV, projection, MLP, QK^T and AV per query
+    last = 2 * n * d * d + token - 2 * d * d  # K and V of every token, the rest for CLS only
+    macs = (cfg.depth - 1) * n * token + last + d * num_classes
+    embed = (n - 1) * 3 * cfg.patch_size**2 * d  # its backward: the weights' gradient alone
+    return 6.0 * macs + 4.0 * embed
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weight matrices/kernels only: not biases, norms, CLS or positions."""
     decay: list[nn.Parameter] = []

@@ -200,6 +200,19 @@ def checkpoint_digest(params: Params) -> str:
     return params.digest(*CHECKPOINT_SECTIONS)
 
 
+def device_splits(params: Params, data: Cifar10,
+                  device: torch.device) -> tuple[Split, Split, Normalizer]:
+    """The training and validation splits of `params` on `device`, and the normaliser of
+    the training split's statistics."""
+    d, t = params.data, params.train
+    (xtr, ytr), (xval, yval) = split_train_val(data, val_size=d.val_size, seed=d.val_seed,
+                                               subset=d.train_subset)
+    if len(ytr) < t.batch_size:
+        raise VitlensError(f"train.batch_size={t.batch_size} must be <= the {len(ytr)} "
+                           "training images left after the validation split and subset")
+    return to_device(xtr, ytr, device), to_device(xval, yval, device), Normalizer(*channel_stats(xtr))
+
+
 def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None = None,
           dist: Dist | None = None, run: Any = None,
           wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> TrainResult:
@@ -210,18 +223,12 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
     the forward/backward pass (DistributedDataParallel); only the main process writes.
     """
     dist = dist or Dist()
-    t, d = params.train, params.data
+    t = params.train
     device = pick_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
-    (xtr, ytr), (xval, yval) = split_train_val(data, val_size=d.val_size, seed=d.val_seed,
-                                               subset=d.train_subset)
-    if len(ytr) < t.batch_size:
-        raise VitlensError(f"train.batch_size={t.batch_size} must be <= the {len(ytr)} "
-                           "training images left after the validation split and subset")
-    train_split, val_split = to_device(xtr, ytr, device), to_device(xval, yval, device)
-    norm = Normalizer(*channel_stats(xtr))
+    train_split, val_split, norm = device_splits(params, data, device)
 
     model = build_model(params.model, len(data.classes)).to(device)
     opt = make_optimizer(model, t, device)

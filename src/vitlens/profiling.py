@@ -1,0 +1,156 @@
+"""What a training step spends its time on, in the few numbers that say what to fix: the
+step's wall time, the share of it the GPU is busy, kernels launched and host syncs per step,
+the input pipeline's share and the top kernels (on a CPU: the top ops).
+
+The steps are training.train's own: augmented batches from the on-device pipeline,
+training.optimizer_step and the running epoch sums, at the params' batch size and model.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from vitlens.cifar import Cifar10
+from vitlens.config import Params
+from vitlens.data import Normalizer, Split, batch_indices
+from vitlens.device import pick_device
+from vitlens.model import build_model, train_flops_per_image
+from vitlens.timing import sync
+from vitlens.training import (
+    EpochStats,
+    batch_maker,
+    device_splits,
+    make_optimizer,
+    optimizer_step,
+)
+
+TOP = 12  # kernels (or ops) listed
+# Eager, compiled, compiled with CUDA graphs. Only eager on a CPU: compiling there takes
+# minutes and says nothing about the GPU.
+CUDA_MODES: tuple[str | None, ...] = (None, "default", "reduce-overhead")
+NAME_CHARS = 100  # a kernel's name is cut to this: templated names run to thousands
+
+
+def host_syncs(fn: Callable[[], object]) -> int:
+    """How many synchronizing CUDA calls `fn` makes (torch's sync debug mode warns on each)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def summarize(rows: Iterable[tuple[str, int, float, bool]], steps: int, step_s: float,
+              top: int = TOP) -> dict[str, Any]:
+    """Profiler rows (name, calls, self microseconds, ran on the GPU) of `steps` steps of
+    `step_s` seconds each -> per-step totals and the top entries. With GPU rows the kernels
+    are ranked and their sum is the GPU's busy time; without, the CPU ops are ranked."""
+    rows = list(rows)
+    on_gpu = any(gpu for *_, gpu in rows)
+    ranked = sorted((r for r in rows if r[3] == on_gpu), key=lambda r: r[2], reverse=True)
+    busy_s = sum(us for _, _, us, _ in ranked) / 1e6 / steps
+    out: dict[str, Any] = {
+        "ranked_by": "GPU kernel time" if on_gpu else "CPU self time",
+        "top": [{"name": name[:NAME_CHARS], "calls_per_step": calls / steps,
+                 "ms_per_step": us / 1e3 / steps, "share_of_step": us / 1e6 / steps / step_s}
+                for name, calls, us, _ in ranked[:top]]}
+    if on_gpu:
+        out["kernels_per_step"] = sum(calls for _, calls, _, _ in ranked) / steps
+        out["gpu_busy_ms_per_step"] = busy_s * 1e3
+        out["gpu_busy_share"] = busy_s / step_s
+    return out
+
+
+def profiler_rows(prof: profile) -> list[tuple[str, int, float, bool]]:
+    """(name, calls, self µs, is a GPU kernel) per distinct op or kernel."""
+    return [(a.key, a.count, a.self_device_time_total if a.device_type.name == "CUDA"
+             else a.self_cpu_time_total, a.device_type.name == "CUDA")
+            for a in prof.key_averages()]
+
+
+def verdict(p: dict[str, Any]) -> str:
+    """One line: what the numbers say stands between this step and the GPU's speed."""
+    if p.get("syncs_per_step", 0) >= 1:
+        return f"{p['syncs_per_step']:.1f} host syncs per step: the GPU idles while the CPU waits"
+    if p["input_share"] > 0.2:
+        return f"the input pipeline takes {p['input_share']:.0%} of a step"
+    share = p.get("gpu_busy_share")
+    if share is not None and share < 0.7:
+        return (f"launch-bound: the GPU is busy {share:.0%} of a step across "
+                f"{p['kernels_per_step']:.0f} kernels; fewer launches (compile, CUDA graphs) help")
+    if not p["top"]:
+        return "compute-bound"
+    top = p["top"][0]
+    return f"compute-bound: the top entry, {top['name'][:60]}, takes {top['share_of_step']:.0%}"
+
+
+def profile_training(params: Params, split: Split, norm: Normalizer, *, mode: str | None,
+                     steps: int = 20, warmup: int = 10, top: int = TOP,
+                     num_classes: int = 10) -> dict[str, Any]:
+    """Profile the training step of `params` on `split` (on its device): eager when `mode`
+    is None, else torch.compile in that mode. Times `steps` steps after `warmup` (which
+    holds the compiling), then profiles as many again."""
+    t, device = params.train, split.x.device
+    torch.manual_seed(t.seed)
+    model = build_model(params.model, num_classes).to(device).train()
+    fwd = model if mode is None else cast(nn.Module, torch.compile(model, mode=mode))
+    opt = make_optimizer(model, t, device)
+    gen = torch.Generator(device).manual_seed(t.seed)
+    batch = batch_maker(split, norm, t, gen)
+    order = itertools.cycle(list(batch_indices(len(split), t.batch_size, gen)))
+    stats = EpochStats(device)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            x, y = batch(next(order))
+            loss, logits = optimizer_step(fwd, model, opt, x, y, t, device)
+            stats.add(loss, logits, y)
+
+    def timed(fn: Callable[[], object]) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - t0
+
+    warmup_s = timed(lambda: run(warmup))
+    step_s = timed(lambda: run(steps)) / steps
+    input_s = timed(lambda: [batch(next(order)) for _ in range(steps)]) / steps
+    gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]) as prof:
+        run(steps)
+        sync(device)
+    flops = train_flops_per_image(params.model) * t.batch_size
+    out = {"mode": mode or "eager", "batch_size": t.batch_size, "steps": steps,
+           "warmup_s": warmup_s, "step_ms": step_s * 1e3,
+           "images_per_second": t.batch_size / step_s, "achieved_tflops": flops / step_s / 1e12,
+           "input_ms": input_s * 1e3, "input_share": input_s / step_s,
+           **summarize(profiler_rows(prof), steps, step_s, top)}
+    if gpu:
+        out["syncs_per_step"] = host_syncs(lambda: run(steps)) / steps
+    out["verdict"] = verdict(out)
+    return out
+
+
+def profile_modes(params: Params, data: Cifar10) -> dict[str, Any]:
+    """profile_training of every mode (CUDA_MODES on CUDA, eager elsewhere) on the training
+    split of `data`, and which mode's step is fastest."""
+    device = pick_device(params.train.device)
+    split, _, norm = device_splits(params, data, device)
+    modes = CUDA_MODES if device.type == "cuda" else (None,)
+    runs = [profile_training(params, split, norm, mode=m, num_classes=len(data.classes))
+            for m in modes]
+    for r in runs:
+        print(f"profile {r['mode']}: {r['step_ms']:.2f} ms/step, {r['achieved_tflops']:.1f} "
+              f"TFLOP/s; {r['verdict']}", flush=True)
+    return {"runs": runs, "fastest": min(runs, key=lambda r: r["step_ms"])["mode"]}
