@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import PROJECT_ROOT, shrink, write_params
 
@@ -47,8 +48,13 @@ def gpu_check(env, archive, md5, out, *extra, timeout=300):
 @pytest.fixture(scope="module")
 def full_run(bare_env, tiny_params_file, train_archive, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
+    search = tmp_path_factory.mktemp("search") / "search.yaml"
+    search.write_text(yaml.safe_dump({"candidates": [
+        {"name": "slow-lr", "why": "surely worse", "set": {"train.lr": 1e-6, "train.min_lr": 0}},
+        {"name": "shallow", "set": {"model.depth": 1}}]}))
     r = gpu_check(bare_env, train_archive.path, train_archive.md5, out, "--params",
-                  tiny_params_file, "--epochs", 2, "--set", "model.dim=32", "--quick-bench")
+                  tiny_params_file, "--epochs", 2, "--set", "model.dim=32", "--quick-bench",
+                  "--search", search, "--search-below", 1.01)  # 1.01: search whatever the default does
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads((out / "gpu_check.json").read_text()), r.stdout, out
 
@@ -65,8 +71,10 @@ def assert_history(step, epochs):
 def test_every_phase_runs_and_is_recorded(full_run):
     result, _, _ = full_run
     steps = result["steps"]
-    assert list(steps) == ["prepare", "train_eager", "evaluate_eager", "visualize",
-                           "train_compiled", "evaluate_compiled", "pytest_gpu", "bench"]
+    assert list(steps)[:11] == ["prepare", "train_eager", "evaluate_eager", "visualize",
+                                "train_compiled", "evaluate_compiled", "profile", "pytest_gpu",
+                                "bench", "search_slow-lr", "search_shallow"]
+    assert list(steps)[11:] in ([], ["search_best_test"])
     for name, step in steps.items():
         assert step["status"] == "ok", (name, step)
         assert step["seconds"] > 0
@@ -105,6 +113,23 @@ def test_eager_vs_compiled_pytest_and_bench(full_run):
 
 
 @pytest.mark.slow
+def test_the_profile_and_the_search_are_recorded(full_run):
+    result, stdout, _ = full_run
+    prof = result["steps"]["profile"]
+    assert [r["mode"] for r in prof["runs"]] == ["eager"] and prof["fastest"] == "eager"
+    assert prof["runs"][0]["step_ms"] > 0 and prof["runs"][0]["top"]
+    assert "profile eager:" in stdout
+    s = result["search"]
+    assert [r["name"] for r in s["rows"]] == ["default", "slow-lr", "shallow"]
+    by_name = {r["name"]: r for r in s["rows"]}
+    assert by_name["slow-lr"]["val_acc"] < by_name["default"]["val_acc"]
+    assert by_name["shallow"]["cost"] < 1 and s["best"] in ("default", "shallow")
+    assert s["best_test_acc"] == result["steps"].get("search_best_test", result["steps"][
+        "evaluate_eager"])["accuracy"]
+    assert "search, chosen on validation accuracy:" in stdout and s["table"] in stdout
+
+
+@pytest.mark.slow
 def test_results_folder_is_small_and_complete(full_run):
     result, stdout, out = full_run
     names = sorted(p.name for p in out.iterdir())
@@ -121,11 +146,14 @@ def test_results_folder_is_small_and_complete(full_run):
 def test_a_small_budget_skips_the_optional_phases(bare_env, tiny_params_file, train_archive,
                                                   tmp_path):
     r = gpu_check(bare_env, train_archive.path, train_archive.md5, tmp_path, "--params",
-                  tiny_params_file, "--epochs", 1, "--budget-s", 1)
+                  tiny_params_file, "--epochs", 1, "--budget-s", 1, "--search-below", 1.01)
     assert r.returncode == 0, r.stderr[-3000:]
     steps = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]
     assert all(steps[n]["status"] == "ok" for n in ("prepare", "train_eager", "visualize"))
-    for name in ("train_compiled", "pytest_gpu", "bench"):
+    searched = [n for n in steps if n.startswith("search_")]
+    assert len(searched) == len(yaml.safe_load((PROJECT_ROOT / "search.yaml").read_text())[
+        "candidates"])  # the committed search file, each candidate skipped below
+    for name in ("train_compiled", "profile", "pytest_gpu", "bench", *searched):
         assert "left of --budget-s 1" in steps[name]["skipped"], steps[name]
         assert f"skip {name}: needs ~" in r.stdout
     assert "train_compiled" in steps["evaluate_compiled"]["skipped"]

@@ -66,3 +66,15 @@ def test_profile_modes_runs_eager_alone_on_a_cpu(tiny_params, cifar_npz, capsys)
     r = profile_modes(tiny_params(), load_arrays(cifar_npz))
     assert [x["mode"] for x in r["runs"]] == ["eager"] and r["fastest"] == "eager"
     assert "profile eager:" in capsys.readouterr().out
+
+
+def test_a_mode_that_fails_loses_only_itself(tiny_params, cifar_npz, monkeypatch, capsys):
+    from vitlens import profiling
+
+    def broken(*args, mode, **kw):
+        raise RuntimeError("inductor exploded\nsecond line")
+    monkeypatch.setattr(profiling, "profile_training", broken)
+    r = profile_modes(tiny_params(), load_arrays(cifar_npz))
+    assert r == {"runs": [{"mode": "eager", "error": "RuntimeError: inductor exploded\nsecond line"}],
+                 "fastest": None}
+    assert "profile eager: failed: RuntimeError: inductor exploded\n" in capsys.readouterr().out

@@ -229,6 +229,16 @@ def _cross_checks(p: Params) -> None:
         raise ConfigError(f"faithfulness.blur_kernel={f.blur_kernel} must be odd")
 
 
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """raw[section][name] = value for `key` "section.name", in a params mapping before
+    parse_params (which then rejects an unknown name or a bad value)."""
+    section, dot, name = key.partition(".")
+    if not (dot and name) or not isinstance(raw.get(section), dict):
+        raise ConfigError(f"{key!r} must be section.key with a known section "
+                          f"({', '.join(f.name for f in dataclasses.fields(Params))})")
+    raw[section][name] = value
+
+
 def parse_params(raw: Any) -> Params:
     """Build validated Params from a parsed params.yaml mapping."""
     if not isinstance(raw, dict):

@@ -4,10 +4,13 @@
 
 Prepares the archive with the download stage's code, trains the params.yaml recipe eager and
 then with torch.compile (bf16 autocast on CUDA), evaluates on the test set, renders every
-figure, runs `pytest -m gpu` and the bench, and writes one small results folder: gpu_check.json
-(rewritten after every step, so a timeout keeps what finished), the figures and the log. Data
-and model files go to a work folder outside it. Needs no DVC, git or make; MLflow is used when
-it imports. A failed step is recorded and the others still run; a bad archive stops the check.
+figure, profiles the training step (eager, compiled, CUDA graphs), runs `pytest -m gpu` and
+the bench, and, when the default's test accuracy is below --search-below, trains the recipe
+candidates of --search in the budget left and tests the best on validation. Writes one small
+results folder: gpu_check.json (rewritten after every step, so a timeout keeps what
+finished), the figures and the log. Data and model files go to a work folder outside it.
+Needs no DVC, git or make; MLflow is used when it imports. A failed step is recorded and the
+others still run; a bad archive or search file stops the check before any training.
 """
 from __future__ import annotations
 
@@ -30,24 +33,26 @@ from typing import Any
 import torch
 import yaml
 
-from vitlens import tracking
+from vitlens import search, tracking
 from vitlens.bench_report import environment
 from vitlens.check_runner import Check, Skip, Tee
-from vitlens.cifar import prepare
-from vitlens.config import load_params, parse_params
+from vitlens.cifar import load_arrays, prepare
+from vitlens.config import load_params, parse_params, set_key
 from vitlens.device import pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.model import load_model
+from vitlens.profiling import profile_modes
 from vitlens.stages.evaluate import run_evaluation
 from vitlens.stages.train import run_training
 from vitlens.stages.visualize import run_visualize
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/ lives here
 MAX_FILES, MAX_BYTES = 8, 16 * 2**20  # what the device machine hands back
-OPTIONAL = ("train_compiled", "pytest_gpu", "bench")  # the phases the budget may skip
+OPTIONAL = ("train_compiled", "profile", "pytest_gpu", "bench")  # the budget may skip these
 # Guesses in seconds on one H100 for what no finished phase predicts; the JSON records the
-# actual times to correct them with.
-COMPILE_S, PYTEST_S, BENCH_S, QUICK_BENCH_S = 60.0, 30.0, 90.0, 20.0
+# actual times to correct them with. The profile compiles twice (default, CUDA graphs).
+COMPILE_S, PROFILE_S, PYTEST_S, BENCH_S, QUICK_BENCH_S = 60.0, 120.0, 45.0, 90.0, 20.0
+TARGET_ACC = 0.85  # the issue's bar: the search runs when the default's test accuracy is below
 
 
 def mlflow_version() -> str | None:
@@ -70,22 +75,25 @@ def check_params(args: argparse.Namespace, tracking_on: bool) -> dict[str, Any]:
         t["epochs"] = args.epochs
     for item in args.set:
         key, eq, text = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not (eq and dot and name) or not isinstance(raw.get(section), dict):
-            raise VitlensError(f"--set {item!r} must be section.key=value with a known section")
-        raw[section][name] = yaml.safe_load(text)
+        if not eq:
+            raise VitlensError(f"--set {item!r} must be section.key=value")
+        set_key(raw, key, yaml.safe_load(text))
     t["nproc"] = 1  # one device: the check is about a single GPU
     raw["tracking"]["enabled"] = raw["tracking"]["enabled"] and tracking_on
     return parse_params(raw).to_dict()
 
 
-def write_variant(work: Path, raw: dict[str, Any], compile_: bool) -> Path:
-    """A folder with the params file the stages read, for the eager or the compiled run."""
-    folder = work / ("compiled" if compile_ else "eager")
+def params_folder(folder: Path, raw: dict[str, Any]) -> Path:
+    """`folder` with the params file the stages read."""
     folder.mkdir(parents=True, exist_ok=True)
-    raw = {**raw, "train": {**raw["train"], "compile": compile_}}
     (folder / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return folder
+
+
+def write_variant(work: Path, raw: dict[str, Any], compile_: bool) -> Path:
+    """The params folder of the eager or the compiled run."""
+    return params_folder(work / ("compiled" if compile_ else "eager"),
+                         {**raw, "train": {**raw["train"], "compile": compile_}})
 
 
 def machine(mlflow: str | None) -> dict[str, Any]:
@@ -125,6 +133,10 @@ def visualize_phase(folder: Path, data: Path, out: Path) -> dict[str, Any]:
     for name in figures:
         shutil.copyfile(folder / "figures" / name, out / name)
     return {"figures": figures}
+
+
+def profile_phase(folder: Path, data: Path) -> dict[str, Any]:
+    return profile_modes(load_params(folder / "params.yaml"), load_arrays(data))
 
 
 def pytest_phase(timeout_s: float) -> dict[str, Any]:
@@ -185,6 +197,7 @@ def run_check(args: argparse.Namespace, work: Path) -> None:
     check = Check(args.out / "gpu_check.json", args.budget_s, optional=OPTIONAL, skip=args.skip)
     mlflow = mlflow_version()
     raw = check_params(args, mlflow is not None)
+    candidates = search.load_candidates(args.search, raw) if args.search else []
     check.result.update(command=sys.argv, environment=machine(mlflow),
                         params={f"{s}.{k}": v for s, sec in raw.items() for k, v in sec.items()})
     check.say(f"device {check.result['environment']['gpu']}, torch {torch.__version__}, "
@@ -201,9 +214,16 @@ def run_check(args: argparse.Namespace, work: Path) -> None:
     check.step("evaluate_compiled", lambda: evaluate_phase(compiled, data, None),
                needs=("train_compiled",))
     check.result["eager_vs_compiled"] = compare(check)
+    check.step("profile", lambda: profile_phase(eager, data), estimate=PROFILE_S)
     check.step("pytest_gpu", lambda: pytest_phase(check.budget_s - check.elapsed()), estimate=PYTEST_S)
     check.step("bench", lambda: bench_phase(eager / "params.yaml", work, args.quick_bench),
                estimate=QUICK_BENCH_S if args.quick_bench else BENCH_S)
+    if candidates:
+        search.run_search(
+            check, candidates, baseline="train_eager", evaluated="evaluate_eager",
+            below=args.search_below,
+            train=lambda name, raw: train_phase(params_folder(work / "search" / name, raw), data),
+            test=lambda name: evaluate_phase(work / "search" / name, data, None))
     results_files(check)
     check.save()
     check.say(f"wrote {args.out / 'gpu_check.json'}")
@@ -237,6 +257,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help=f"skip the optional phases ({', '.join(OPTIONAL)}) that would not fit")
     ap.add_argument("--skip", action="append", default=[], choices=OPTIONAL)
     ap.add_argument("--quick-bench", action="store_true", help="the bench's --quick sizes")
+    ap.add_argument("--search", default=str(ROOT / "search.yaml"),
+                    help="recipe candidates trained in the budget left ('' = no search)")
+    ap.add_argument("--search-below", type=float, default=TARGET_ACC,
+                    help="search only when the default's test accuracy is below this")
     args = ap.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         ap.error("--epochs must be >= 1")

@@ -148,9 +148,17 @@ def profile_modes(params: Params, data: Cifar10) -> dict[str, Any]:
     device = pick_device(params.train.device)
     split, _, norm = device_splits(params, data, device)
     modes = CUDA_MODES if device.type == "cuda" else (None,)
-    runs = [profile_training(params, split, norm, mode=m, num_classes=len(data.classes))
-            for m in modes]
-    for r in runs:
+    runs: list[dict[str, Any]] = []
+    for m in modes:
+        try:
+            r = profile_training(params, split, norm, mode=m, num_classes=len(data.classes))
+        except Exception as e:  # noqa: BLE001 - a mode that fails to compile loses only itself
+            print(f"profile {m or 'eager'}: failed: {type(e).__name__}: "
+                  f"{(str(e).splitlines() or [''])[0]}", flush=True)
+            runs.append({"mode": m or "eager", "error": f"{type(e).__name__}: {e}"[:2000]})
+            continue
         print(f"profile {r['mode']}: {r['step_ms']:.2f} ms/step, {r['achieved_tflops']:.1f} "
               f"TFLOP/s; {r['verdict']}", flush=True)
-    return {"runs": runs, "fastest": min(runs, key=lambda r: r["step_ms"])["mode"]}
+        runs.append(r)
+    timed = [r for r in runs if "step_ms" in r]
+    return {"runs": runs, "fastest": min(timed, key=lambda r: r["step_ms"])["mode"] if timed else None}
