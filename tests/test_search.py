@@ -99,6 +99,7 @@ def test_the_search_trains_in_order_and_tests_only_the_winner(tmp_path):
                                      {"a": 0.72, "b": 0.78, "c": None})
     assert trained == ["a", "b", "c"] and tested == ["b"]
     assert r["best"] == "b" and r["best_test_acc"] == 0.9 and r["best_changes"] == {"train.lr": 1.0}
+    assert r["adopt"] == "dvc exp run -S train.lr=1.0"
     rows = {x["name"]: x for x in r["rows"]}
     assert rows[BASELINE]["val_acc"] == 0.70 and rows["c"]["status"] == "failed"
     assert rows["c"]["val_acc"] is None and check.get("search_c")["status"] == "failed"
@@ -110,6 +111,7 @@ def test_the_baseline_wins_without_a_second_test(tmp_path):
     check = checked(tmp_path, test_acc=0.70, val=0.90)
     _, tested, r = fake_search(check, [cand("a")], {"a": 0.72})
     assert tested == [] and r["best"] == BASELINE and r["best_test_acc"] == 0.70
+    assert "adopt" not in r  # params.yaml already is the winner
 
 
 def test_a_default_that_meets_the_bar_needs_no_search(tmp_path):

@@ -125,6 +125,11 @@ def run_search(check: Check, candidates: list[Candidate], *,
             result["best_test_acc"] = acc
     result["table"] = table(rows)
     check.say("search, chosen on validation accuracy:\n" + result["table"])
+    if result.get("best_changes"):
+        result["adopt"] = "dvc exp run " + " ".join(f"-S {k}={v}" for k, v in
+                                                    result["best_changes"].items())
+        check.say(f"best: {result['best']}, test accuracy {result['best_test_acc']}; "
+                  f"to adopt it: {result['adopt']}")
     check.save()
 
 
