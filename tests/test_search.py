@@ -93,13 +93,15 @@ def fake_search(check, candidates, val_acc, below=0.85):
     return trained, tested, check.result["search"]
 
 
-def test_the_search_trains_in_order_and_tests_only_the_winner(tmp_path):
+def test_the_search_trains_in_order_and_tests_only_the_winner(tmp_path, capsys):
     check = checked(tmp_path, test_acc=0.70)
     trained, tested, r = fake_search(check, [cand("a"), cand("b"), cand("c")],
                                      {"a": 0.72, "b": 0.78, "c": None})
     assert trained == ["a", "b", "c"] and tested == ["b"]
     assert r["best"] == "b" and r["best_test_acc"] == 0.9 and r["best_changes"] == {"train.lr": 1.0}
     assert r["adopt"] == "dvc exp run -S train.lr=1.0"
+    assert "best: b, test accuracy 0.9000; to adopt it: dvc exp run -S train.lr=1.0" in \
+        capsys.readouterr().out
     rows = {x["name"]: x for x in r["rows"]}
     assert rows[BASELINE]["val_acc"] == 0.70 and rows["c"]["status"] == "failed"
     assert rows["c"]["val_acc"] is None and check.get("search_c")["status"] == "failed"

@@ -101,7 +101,7 @@ def run_search(check: Check, candidates: list[Candidate], *,
     order), choose the best on validation accuracy, test(name) it unless it is the baseline,
     and record the table in check.result["search"]."""
     base, acc = check.get(baseline), check.get(evaluated).get("accuracy")
-    rows = [row(BASELINE, {}, 1.0, base)]
+    rows = [_row(BASELINE, {}, 1.0, base)]
     result: dict[str, Any] = {"rows": rows, "best": None, "below": below}
     check.result["search"] = result
     if acc is not None and acc >= below:
@@ -113,7 +113,7 @@ def run_search(check: Check, candidates: list[Candidate], *,
         check.optional.add(name)
         check.step(name, functools.partial(train, c.name, c.raw), needs=(baseline,),
                    estimate=base.get("seconds", 0.0) * c.cost)
-        rows.append(row(c.name, c.changes, c.cost, check.get(name)))
+        rows.append(_row(c.name, c.changes, c.cost, check.get(name)))
     scored = {r["name"]: r["val_acc"] for r in rows if r["val_acc"] is not None}
     if scored:
         best = result["best"] = choose(scored)
@@ -128,12 +128,14 @@ def run_search(check: Check, candidates: list[Candidate], *,
     if result.get("best_changes"):
         result["adopt"] = "dvc exp run " + " ".join(f"-S {k}={v}" for k, v in
                                                     result["best_changes"].items())
-        check.say(f"best: {result['best']}, test accuracy {result['best_test_acc']}; "
+        tested = result["best_test_acc"]
+        check.say(f"best: {result['best']}, test accuracy "
+                  f"{'not measured' if tested is None else f'{tested:.4f}'}; "
                   f"to adopt it: {result['adopt']}")
     check.save()
 
 
-def row(name: str, changes: dict[str, Any], cost: float, step: dict[str, Any]) -> dict[str, Any]:
+def _row(name: str, changes: dict[str, Any], cost: float, step: dict[str, Any]) -> dict[str, Any]:
     ok = step.get("status") == "ok"
     return {"name": name, "changes": changes, "cost": cost, "status": step.get("status", "-"),
             "val_acc": step["final_val_acc"] if ok else None,
