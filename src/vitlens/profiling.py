@@ -8,7 +8,6 @@ training.optimizer_step and the running epoch sums, at the params' batch size an
 from __future__ import annotations
 
 import itertools
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -22,7 +21,7 @@ from vitlens.config import Params
 from vitlens.data import Normalizer, Split, batch_indices
 from vitlens.device import pick_device
 from vitlens.model import build_model, train_flops_per_image
-from vitlens.timing import sync
+from vitlens.timing import sync, time_calls
 from vitlens.training import (
     EpochStats,
     batch_maker,
@@ -117,11 +116,7 @@ def profile_training(params: Params, split: Split, norm: Normalizer, *, mode: st
             stats.add(loss, logits, y)
 
     def timed(fn: Callable[[], object]) -> float:
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        return time.perf_counter() - t0
+        return time_calls(fn, 1, device)[0]
 
     warmup_s = timed(lambda: run(warmup))
     step_s = timed(lambda: run(steps)) / steps
