@@ -6,7 +6,7 @@ Prepares the archive with the download stage's code, trains the params.yaml reci
 then with torch.compile (bf16 autocast on CUDA), evaluates on the test set, renders every
 figure, profiles the training step (eager, compiled, CUDA graphs), runs `pytest -m gpu` and
 the bench, and, when the default's test accuracy is below --search-below, trains the recipe
-candidates of --search in the budget left and tests the best on validation. Writes one small
+candidates of --search in the budget left and tests the one best on validation. Writes one small
 results folder: gpu_check.json (rewritten after every step, so a timeout keeps what
 finished), the figures and the log. Data and model files go to a work folder outside it.
 Needs no DVC, git or make; MLflow is used when it imports. A failed step is recorded and the
