@@ -38,20 +38,20 @@ lint: setup
 	mypy
 
 ui: setup
-	python -m vitlens.ui
+	vitlens ui
 
 # make predict IMAGES="photo.jpg shots/" EXTRA="--top-k 5 --out overlays"
 predict: setup
-	python -m vitlens.predict $(IMAGES) $(EXTRA)
+	vitlens predict $(IMAGES) $(EXTRA)
 
 bench: setup
-	python -m vitlens.bench
+	vitlens bench
 
 # The one-go GPU check (README: "The GPU check"). No `setup`: it runs from a plain checkout
 # with PyTorch and no venv, DVC, MLflow or git. EXTRA="--out DIR --budget-s 480 ..."
 gpu-check:
 	@test -n "$(ARCHIVE)" -a -n "$(MD5)" || { echo "usage: make gpu-check ARCHIVE=cifar-10-python.tar.gz MD5=<its md5> [EXTRA=...]" >&2; exit 2; }
-	PYTHONPATH=src $(PY) -m vitlens.gpu_check --archive $(ARCHIVE) --md5 $(MD5) $(EXTRA)
+	PYTHONPATH=src $(PY) -m vitlens gpu-check --archive $(ARCHIVE) --md5 $(MD5) $(EXTRA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -230,7 +230,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     mp.setenv("DVC_ROOT", str(root))
-    tracking._experiment_id(tracking._client(), "tests")
+    tracking.experiment_id(tracking.client(), "tests")
     mp.delenv("DVC_ROOT")
     yield root
     mp.undo()
@@ -240,7 +240,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def project(tmp_path_factory, _params_raw, train_archive, cifar_npz, mlflow_store):
     """A project directory with params.yaml and a trained tiny model."""
     from vitlens.config import parse_params
-    from vitlens.stages.train import run_training
+    from vitlens.pipeline.train import run_training
 
     root = tmp_path_factory.mktemp("project")
     raw = shrink(copy.deepcopy(_params_raw), train_archive)

@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from vitlens.attention import (
+from vitlens.explain.attention import (
     attention_rollout,
-    attention_views,
     cls_attention_maps,
     cls_rollout_map,
     mean_attention_distance,
-    mean_attention_distance_over,
     patch_distances,
     upsample_map,
 )
+from vitlens.explain.maps import compute_maps, mean_attention_distance_over
 from vitlens.model import ViT
 
 
@@ -232,11 +231,12 @@ def tiny_vit() -> ViT:
                mlp_ratio=2.0).eval()
 
 
-def test_attention_views_maps_hold_the_cls_mass_on_patches():
+def test_rollout_and_head_maps_hold_the_cls_mass_on_patches():
     """Rollout maps sum to 1 over the image's patches; each head's map sums to what CLS puts
     on the patches, 1 minus its attention to itself (per-head maps are not renormalised)."""
     model, x = tiny_vit(), torch.randn(3, 3, 32, 32)
-    logits, rollout, heads = attention_views(model, x)
+    m = compute_maps(model, x, grad=False)
+    logits, rollout, heads = m.logits, upsample_map(m.rollout, 32), upsample_map(m.heads, 32)
     ps2 = model.patch_size ** 2  # a patch's value repeats over its ps x ps pixels
     assert logits.shape == (3, 10) and heads.shape == (3, 4, 32, 32)
     assert torch.allclose(rollout.sum(dim=(-2, -1)) / ps2, torch.ones(3), atol=1e-5)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vitlens import bench, bench_data
 from vitlens.data import channel_stats
+from vitlens.perf import bench, bench_data
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 
@@ -81,7 +81,7 @@ def test_pipelines_produce_the_same_augmentations(pil):
 
     from vitlens.config import load_params
     from vitlens.data import Normalizer, Split
-    from vitlens.training import batch_maker
+    from vitlens.step import batch_maker
 
     t = load_params(PARAMS).train
     assert t.crop_padding > 0 and t.flip  # the default recipe augments

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import shrink, write_params
 from vitlens.config import parse_params
-from vitlens.stages.train import run_training
+from vitlens.pipeline.train import run_training
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
@@ -27,7 +27,7 @@ def tiny_raw(raw, archive, **train):
 
 
 def stage_cmd(root, cifar_npz):
-    return [sys.executable, "-m", "vitlens.stages.train", "--params", str(root / "params.yaml"),
+    return [sys.executable, "-m", "vitlens.pipeline.train", "--params", str(root / "params.yaml"),
             "--data", str(cifar_npz), "--out", str(root / "model.pt"),
             "--history", str(root / "history.csv"), "--checkpoint", str(root / "ckpt.pt")]
 

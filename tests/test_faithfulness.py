@@ -12,18 +12,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import write_params
-from vitlens import plots
-from vitlens.attention import (
+from vitlens.config import ConfigError, parse_params
+from vitlens.errors import VitlensError
+from vitlens.explain.attention import (
     cls_gradient_rollout_map,
     cls_rollout_map,
     gradient_rollout,
-    gradient_rollout_maps,
     upsample_map,
 )
-from vitlens.config import ConfigError, parse_params
-from vitlens.errors import VitlensError
-from vitlens.explain import explanation_maps, random_maps
-from vitlens.faithfulness import (
+from vitlens.explain.faithfulness import (
     auc,
     bootstrap_interval,
     faithfulness_curves,
@@ -31,10 +28,12 @@ from vitlens.faithfulness import (
     patch_ranks,
     path_variants,
     step_counts,
-    summarise,
+    summarize_curves,
 )
+from vitlens.explain.maps import compute_maps, explanation_maps, random_maps
 from vitlens.model import ViT
-from vitlens.stages.faithfulness import run_faithfulness
+from vitlens.pipeline.faithfulness import run_faithfulness
+from vitlens.plots import figures as plots
 
 SIZE, PATCH, CLASSES = 16, 4, 4
 GRID = SIZE // PATCH
@@ -95,7 +94,7 @@ def test_metric_scores_the_evidence_far_above_random_and_away_from_it_below(evid
     pred, curves = faithfulness_curves(evidence_model, x, maps, steps=16, blur_kernel=11,
                                        blur_sigma=5.0, batch_size=32)
     assert (pred == y).all()
-    s = summarise(curves, samples=500, confidence=0.95, seed=0)
+    s = summarize_curves(curves, samples=500, confidence=0.95, seed=0)
     on, off, rnd = s["evidence"], s["away"], s["random"]
     # Deletion (lower is better): far below random, and no overlap of the intervals.
     assert on["deletion_auc"] < rnd["deletion_auc"] - 0.2 and on["deletion_high"] < rnd["deletion_low"]
@@ -169,16 +168,17 @@ def small_vit() -> ViT:
                heads=2, mlp_ratio=2.0).eval()
 
 
-def test_gradient_rollout_maps_are_per_image_and_per_class(small_vit):
+def test_gradient_rollout_is_per_image_and_per_class(small_vit):
     x = torch.randn(5, 3, SIZE, SIZE)
-    logits, maps, attns = gradient_rollout_maps(small_vit, x)
+    m = compute_maps(small_vit, x)
+    logits, maps, attns = m.logits, m.grad_rollout, m.attns
     assert logits.shape == (5, CLASSES) and maps.shape == (5, GRID, GRID) and len(attns) == 2
     torch.testing.assert_close(maps.sum(dim=(1, 2)), torch.ones(5))
     # The batch sums the images' logits: each image's map must still be its own.
-    torch.testing.assert_close(gradient_rollout_maps(small_vit, x[2:3])[1], maps[2:3])
-    torch.testing.assert_close(gradient_rollout_maps(small_vit, x, logits.argmax(1))[1], maps)
+    torch.testing.assert_close(compute_maps(small_vit, x[2:3]).grad_rollout, maps[2:3])
+    torch.testing.assert_close(compute_maps(small_vit, x, target=logits.argmax(1)).grad_rollout, maps)
     other = (logits.argmax(1) + 1) % CLASSES
-    assert not torch.allclose(gradient_rollout_maps(small_vit, x, other)[1], maps)
+    assert not torch.allclose(compute_maps(small_vit, x, target=other).grad_rollout, maps)
 
 
 def test_explanation_maps_batch_alike_and_match_the_attention_helpers(small_vit):

@@ -8,7 +8,7 @@ import torch
 
 from vitlens import training
 from vitlens.cifar import load_arrays
-from vitlens.profiling import host_syncs, profile_training
+from vitlens.perf.profiling import host_syncs, profile_training
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -39,7 +39,7 @@ def tiny_params_file(tmp_path_factory, _params_raw, train_archive):
 
 
 def gpu_check(env, archive, md5, out, *extra, timeout=300):
-    cmd = [sys.executable, "-m", "vitlens.gpu_check", "--archive", str(archive), "--md5", md5,
+    cmd = [sys.executable, "-m", "vitlens.gpucheck.check", "--archive", str(archive), "--md5", md5,
            "--out", str(out), *map(str, extra)]
     return subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -171,8 +171,8 @@ def test_a_bad_md5_stops_with_one_line(bare_env, train_archive, tmp_path):
 
 
 def test_a_failed_step_is_recorded_and_the_rest_still_run(tmp_path, capsys):
-    from vitlens.check_runner import Check
     from vitlens.errors import VitlensError
+    from vitlens.gpucheck.runner import Check
 
     path = tmp_path / "check.json"
     check = Check(path, 600, optional=["opt"], skip=[])
@@ -200,7 +200,7 @@ def test_a_failed_step_is_recorded_and_the_rest_still_run(tmp_path, capsys):
 
 def test_set_and_epochs_overrides_are_validated(train_archive, tiny_params_file):
     from vitlens.errors import VitlensError
-    from vitlens.gpu_check import check_params, parse_args
+    from vitlens.gpucheck.check import check_params, parse_args
 
     def params(*extra, tracking_on=True):
         return check_params(parse_args(["--archive", str(train_archive.path), "--md5",
@@ -219,7 +219,7 @@ def test_set_and_epochs_overrides_are_validated(train_archive, tiny_params_file)
 
 
 def test_a_missing_pytest_is_a_skip_not_a_failure(monkeypatch):
-    from vitlens import gpu_check
+    from vitlens.gpucheck import check as gpu_check
 
     monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(gpu_check.Skip, match="pytest not installed"):

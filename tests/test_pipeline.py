@@ -153,7 +153,7 @@ def test_a_run_is_reproduced_from_its_mlflow_tags(repo, tmp_path):
     rev = run.data.tags["dvc_exp_baseline_rev"]
     copy_dir = tmp_path / "reproduction"
     sh(repo, "git", "worktree", "add", "-q", str(copy_dir), rev)
-    sh(copy_dir, sys.executable, "-m", "vitlens.reproduce", run.info.run_id,
+    sh(copy_dir, sys.executable, "-m", "vitlens.cli.reproduce", run.info.run_id,
        "--out", "params.yaml", MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}")
     # The reproduction itself logs to a store of its own, in its own directory.
     assert stages_run(dvc(copy_dir, "repro")) == ["download", "train", "evaluate", "visualize",

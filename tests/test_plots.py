@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from vitlens import plots
+from vitlens.plots import figures as plots
+from vitlens.plots.common import save_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -28,7 +29,7 @@ def saved(fig: Figure, tmp_path: Path, name: str = "fig.png") -> tuple[int, int]
     """Save `fig`, check the file is a whole PNG of a sane size, return its pixel size."""
     open_before = plt.get_fignums()
     path = tmp_path / name
-    plots.save_figure(fig, path)
+    save_figure(fig, path)
     assert 5_000 < path.stat().st_size < 2_000_000
     assert list(tmp_path.iterdir()) == [path]  # no temporary left beside it
     assert plt.get_fignums() == open_before
@@ -217,7 +218,7 @@ def _failing_figure(monkeypatch: pytest.MonkeyPatch) -> Figure:
 def test_save_figure_leaves_no_file_when_drawing_fails(tmp_path, monkeypatch):
     fig = _failing_figure(monkeypatch)
     with pytest.raises(_Broken):
-        plots.save_figure(fig, tmp_path / "out" / "fig.png")
+        save_figure(fig, tmp_path / "out" / "fig.png")
     assert list((tmp_path / "out").iterdir()) == []
     assert fig.axes == []  # freed even so
 
@@ -226,7 +227,7 @@ def test_save_figure_keeps_the_old_file_when_drawing_fails(tmp_path, monkeypatch
     path = tmp_path / "fig.png"
     path.write_bytes(b"previous figure")
     with pytest.raises(_Broken):
-        plots.save_figure(_failing_figure(monkeypatch), path)
+        save_figure(_failing_figure(monkeypatch), path)
     assert list(tmp_path.iterdir()) == [path]
     assert path.read_bytes() == b"previous figure"
 
@@ -236,7 +237,7 @@ def test_save_figure_closes_pyplot_figures(tmp_path):
     fig = plt.figure()
     fig.add_subplot().plot([1, 2, 3])
     fig.suptitle("made with pyplot")
-    plots.save_figure(fig, tmp_path / "fig.png")
+    save_figure(fig, tmp_path / "fig.png")
     assert plt.get_fignums() == before
     assert png_size(tmp_path / "fig.png")[0] >= 300
 

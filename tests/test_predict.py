@@ -1,4 +1,4 @@
-"""`python -m vitlens.predict` on the tiny project model, and the MLflow model the train stage
+"""`python -m vitlens.cli.predict` on the tiny project model, and the MLflow model the train stage
 logs for it: plain pixels in, the same probabilities out, the run left RUNNING until the end."""
 import json
 import subprocess
@@ -13,17 +13,16 @@ from PIL import Image
 from conftest import CLASSES
 from vitlens import tracking
 from vitlens.cifar import load_arrays
-from vitlens.data import Normalizer
-from vitlens.model import load_model
-from vitlens.predict import FileModel, MlflowModel, load_image, main, run_predict
+from vitlens.cli.predict import FileModel, MlflowModel, load_image, main, run_predict
+from vitlens.pipeline.train import run_training
 from vitlens.serving import to_pixels
-from vitlens.stages.train import run_training
+from vitlens.trained import load_trained
 
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """main() in this process (no second torch import): exit status, stdout, stderr."""
     from vitlens.errors import run_main
-    monkeypatch.setattr(sys, "argv", ["vitlens.predict", *map(str, args)])
+    monkeypatch.setattr(sys, "argv", ["vitlens.cli.predict", *map(str, args)])
     try:
         run_main(main)
         code = 0
@@ -60,11 +59,11 @@ def pictures(tmp_path, test_images) -> Path:
 
 def expected_top1(project, x: np.ndarray) -> list[str]:
     """Top-1 classes straight from the model file, for (N, 32, 32, 3) uint8 pixels."""
-    vit, rec = load_model(project / "models/model.pt")
+    trained = load_trained(project / "models/model.pt", "cpu")
     nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
     with torch.no_grad():
-        logits = vit(Normalizer(rec["mean"], rec["std"])(nchw))
-    return [rec["classes"][i] for i in logits.argmax(1)]
+        logits = trained.vit(trained.norm(nchw))
+    return [trained.classes[i] for i in logits.argmax(1)]
 
 
 def test_a_png_loads_exactly_as_the_dataset_holds_it(pictures, test_images):
@@ -136,7 +135,7 @@ def test_bad_files_get_one_line_each_and_the_good_ones_are_predicted(project, tm
     Image.new("RGB", (8, 8)).save(bad / "gif_named.bmp", format="GIF")
     empty = tmp_path / "empty_dir"
     empty.mkdir()
-    r = subprocess.run([sys.executable, "-m", "vitlens.predict", str(bad), str(bad / "anim.gif"),
+    r = subprocess.run([sys.executable, "-m", "vitlens.cli.predict", str(bad), str(bad / "anim.gif"),
                         str(empty), str(tmp_path / "missing.png"),
                         "--model", str(project / "models/model.pt")],
                        capture_output=True, text=True, timeout=120)

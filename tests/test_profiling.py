@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vitlens.cifar import load_arrays
-from vitlens.profiling import profile_modes, profile_training, summarize, verdict
+from vitlens.perf.profiling import profile_modes, profile_training, summarize_profile, verdict
 from vitlens.training import device_splits
 
 GPU_ROWS = [("aten::mm", 40, 900.0, False),  # CPU ops: not ranked when kernels exist
@@ -13,7 +13,7 @@ GPU_ROWS = [("aten::mm", 40, 900.0, False),  # CPU ops: not ranked when kernels 
 
 
 def test_gpu_rows_rank_kernels_and_sum_the_busy_time():
-    s = summarize(GPU_ROWS, steps=4, step_s=0.004)
+    s = summarize_profile(GPU_ROWS, steps=4, step_s=0.004)
     assert s["ranked_by"] == "GPU kernel time"
     assert [t["name"] for t in s["top"]] == ["sm90_gemm", "layer_norm_kernel", "elementwise"]
     assert s["top"][0] == {"name": "sm90_gemm", "calls_per_step": 10, "ms_per_step": 1.0,
@@ -24,11 +24,11 @@ def test_gpu_rows_rank_kernels_and_sum_the_busy_time():
 
 def test_cpu_rows_rank_ops_and_cut_names():
     rows = [("a" * 500, 3, 100.0, False), ("b", 6, 300.0, False), ("c", 3, 200.0, False)]
-    s = summarize(rows, steps=3, step_s=0.001, top=2)
+    s = summarize_profile(rows, steps=3, step_s=0.001, top=2)
     assert s["ranked_by"] == "CPU self time" and "gpu_busy_share" not in s
     assert [t["name"] for t in s["top"]] == ["b", "c"]
     assert s["top"][0]["calls_per_step"] == 2 and s["top"][0]["ms_per_step"] == pytest.approx(0.1)
-    assert len(summarize(rows, steps=3, step_s=0.001)["top"][2]["name"]) == 100
+    assert len(summarize_profile(rows, steps=3, step_s=0.001)["top"][2]["name"]) == 100
 
 
 @pytest.mark.parametrize("extra,expected", [
@@ -69,7 +69,7 @@ def test_profile_modes_runs_eager_alone_on_a_cpu(tiny_params, cifar_npz, capsys)
 
 
 def test_a_mode_that_fails_loses_only_itself(tiny_params, cifar_npz, monkeypatch, capsys):
-    from vitlens import profiling
+    from vitlens.perf import profiling
 
     def broken(*args, mode, **kw):
         raise RuntimeError("inductor exploded\nsecond line")

@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from conftest import PROJECT_ROOT
-from vitlens.check_runner import Check
 from vitlens.config import ConfigError, load_params
-from vitlens.search import BASELINE, Candidate, choose, load_candidates, run_search
+from vitlens.gpucheck.runner import Check
+from vitlens.gpucheck.search import BASELINE, Candidate, choose, load_candidates, run_search
 
 
 def write(tmp_path, candidates):

@@ -25,13 +25,13 @@ import torch
 from conftest import CLASSES, shrink, write_params
 from vitlens import tracking
 from vitlens.cifar import load_arrays
+from vitlens.cli.predict import FileModel, run_predict
 from vitlens.config import parse_params
 from vitlens.errors import VitlensError
-from vitlens.predict import FileModel, run_predict
+from vitlens.pipeline.evaluate import run_evaluation
+from vitlens.pipeline.train import run_training
+from vitlens.pipeline.visualize import run_visualize
 from vitlens.serving import to_pixels
-from vitlens.stages.evaluate import run_evaluation
-from vitlens.stages.train import run_training
-from vitlens.stages.visualize import run_visualize
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -6,8 +6,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from vitlens.stages.evaluate import run_evaluation
-from vitlens.stages.visualize import run_visualize, select_examples
+from vitlens.pipeline.evaluate import run_evaluation
+from vitlens.pipeline.visualize import run_visualize, select_examples
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("training_curves.png", "input_grid.png", "attention_overlays.png",

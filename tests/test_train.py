@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from vitlens import training
+from vitlens import checkpoint, step, training
 from vitlens.cifar import load_arrays
 from vitlens.errors import VitlensError
-from vitlens.model import load_model
-from vitlens.stages.train import run_training
+from vitlens.pipeline.train import run_training
+from vitlens.trained import load_trained
 
 TIMING = ("epoch_seconds", "images_per_second")
 
@@ -49,14 +49,14 @@ def test_compile_takes_the_configured_mode(tiny_params, cifar_npz, tmp_path, mon
 
 
 def test_lr_schedule_warms_up_then_decays():
-    lrs = [training.lr_at(s, total=100, warmup=10, lr=1.0, min_lr=0.1) for s in range(100)]
+    lrs = [step.lr_at(s, total=100, warmup=10, lr=1.0, min_lr=0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
 
 
 def test_lr_schedule_without_warmup_starts_at_the_peak():
-    lrs = [training.lr_at(s, total=50, warmup=0, lr=1.0, min_lr=0.0) for s in range(51)]
+    lrs = [step.lr_at(s, total=50, warmup=0, lr=1.0, min_lr=0.0) for s in range(51)]
     assert lrs[0] == pytest.approx(1.0)
     assert lrs[25] == pytest.approx(0.5)  # cosine half way
     assert all(a > b for a, b in zip(lrs[:50], lrs[1:50]))
@@ -76,7 +76,7 @@ class Crash(KeyboardInterrupt):
 
 def crash_after(monkeypatch, epochs: int):
     """Let `epochs` checkpoints be written, then die as a kill would."""
-    real = training.save_checkpoint
+    real = checkpoint.save_checkpoint
     calls = []
 
     def save_then_maybe_die(state, path):
@@ -96,8 +96,8 @@ def test_resume_after_crash_matches_uninterrupted_run(tiny_params, cifar_npz, tm
     with pytest.raises(Crash):
         stage(p, cifar_npz, tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "models" / "model.pt").exists()
-    assert training.load_checkpoint(tmp_path / "resumed" / "ckpt.pt",
-                                    training.checkpoint_digest(p))["epoch"] == 2
+    assert checkpoint.load_checkpoint(tmp_path / "resumed" / "ckpt.pt",
+                                    checkpoint.checkpoint_digest(p))["epoch"] == 2
     monkeypatch.undo()
     resumed = stage(p, cifar_npz, tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "ckpt.pt").exists()
@@ -114,7 +114,7 @@ def test_checkpoint_from_other_params_is_not_resumed(tiny_params, cifar_npz, tmp
         stage(p, cifar_npz, tmp_path)
     monkeypatch.undo()
     other = tiny_params(**{"tracking.enabled": False, "train.lr": 0.001})
-    assert training.load_checkpoint(tmp_path / "ckpt.pt", training.checkpoint_digest(other)) is None
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt.pt", checkpoint.checkpoint_digest(other)) is None
     assert "other params" in capsys.readouterr().out
     rec = stage(other, cifar_npz, tmp_path)
     fresh = stage(other, cifar_npz, tmp_path / "fresh")
@@ -124,7 +124,8 @@ def test_checkpoint_from_other_params_is_not_resumed(tiny_params, cifar_npz, tmp
 def test_model_file_rebuilds_the_model(tiny_params, cifar_npz, tmp_path):
     p = tiny_params(**{"tracking.enabled": False, "train.epochs": 1})
     stage(p, cifar_npz, tmp_path)
-    model, rec = load_model(tmp_path / "models" / "model.pt")
+    trained = load_trained(tmp_path / "models" / "model.pt", "cpu")
+    model, rec = trained.vit, trained.record
     assert rec["classes"][0] == "airplane" and len(rec["mean"]) == 3
     assert rec["params"]["model"]["dim"] == 32 and rec["model_config"]["depth"] == 2
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

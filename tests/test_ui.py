@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 import torch
 
-from vitlens.stages.evaluate import run_evaluation
-from vitlens.stages.visualize import run_visualize
+from vitlens.pipeline.evaluate import run_evaluation
+from vitlens.pipeline.visualize import run_visualize
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def call(base: str, path: str, body: dict | None = None) -> dict:
 @pytest.fixture
 def server(mlflow_store):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vitlens.ui", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "vitlens.cli.ui", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=os.environ.copy(), start_new_session=True)
     base = f"http://127.0.0.1:{port}"

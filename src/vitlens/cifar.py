@@ -35,6 +35,7 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
 NUM_CLASSES = 10
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # the official archive's
 
 
 class DataError(VitlensError):
@@ -213,7 +214,7 @@ def read_archive(archive: Path, *, official: bool) -> Cifar10:
     x_test, y_test = _parse_batch(raw[TEST_BATCH], TEST_BATCH)
     data = Cifar10(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
                    x_test, y_test, _parse_meta(raw[META]))
-    if official and (len(data.x_train), len(data.x_test)) != (50_000, 10_000):
+    if official and (len(data.x_train), len(data.x_test)) != (TRAIN_IMAGES, TEST_IMAGES):
         raise DataError(f"the official archive must hold 50000 + 10000 images, got "
                         f"{len(data.x_train)} + {len(data.x_test)}")
     return data

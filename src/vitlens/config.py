@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -133,9 +133,10 @@ class Params:
         """`{"model.dim": 192, ...}`, the form MLflow params and `dvc exp run -S` use."""
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
-    def digest(self, *sections: str) -> str:
-        """A stable hash of the given sections, to tell whether a checkpoint belongs to them."""
-        d = {s: dataclasses.asdict(getattr(self, s)) for s in sections}
+    def digest(self, *sections: str, exclude: Collection[str] = ()) -> str:
+        """A stable hash of the given sections less the `exclude` keys ("section.key")."""
+        d = {s: {k: v for k, v in dataclasses.asdict(getattr(self, s)).items()
+                 if f"{s}.{k}" not in exclude} for s in sections}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

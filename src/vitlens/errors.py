@@ -10,6 +10,12 @@ class VitlensError(Exception):
     """A failure with a one-line cause the user can act on (bad params, bad data, bad URL)."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), at most 300
+    characters: what a one-line error quotes of a library's many-line one."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

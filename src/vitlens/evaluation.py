@@ -1,4 +1,4 @@
-"""Predictions and test-set metrics: logits of a split, accuracy, loss, per-class accuracy
+"""Test-set metrics: the logits of a split, accuracy, loss, per-class accuracy
 and the confusion matrix."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from vitlens.device import autocast
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, norm: Normalizer, batch_size: int,
+def split_logits(model: nn.Module, split: Split, norm: Normalizer, batch_size: int,
             device: torch.device) -> Tensor:
     """Logits (N, classes) in float32 on the CPU, in the order of the split."""
     model.eval()

@@ -3,7 +3,6 @@ pre-norm encoder blocks, final norm and a linear head."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlens.config import ModelConfig, Params
-from vitlens.errors import VitlensError
 
 MODEL_FORMAT = "vitlens-vit/1"
 
@@ -181,18 +179,3 @@ def model_record(model: ViT, params: Params, classes: list[str], *, mean: list[f
             "classes": classes, "mean": mean, "std": std,
             "params": params.to_dict(), "git_commit": git_commit, "mlflow_run_id": run_id or "",
             "history": history}
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ViT, dict]:
-    """Rebuild the model from a file the train stage wrote; one-line errors for bad files."""
-    try:
-        rec = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise VitlensError(f"{path} not found: run the train stage first (dvc repro train)") from None
-    except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways
-        raise VitlensError(f"{path} is not a readable model file: {str(e).splitlines()[0]}") from None
-    if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
-        raise VitlensError(f"{path} is not a model written by the train stage")
-    model = build_model(ModelConfig(**rec["model_config"]), rec["num_classes"])
-    model.load_state_dict(rec["state_dict"])
-    return model.to(device).eval(), rec

@@ -2,7 +2,7 @@
 
 The train stage logs a PixelClassifier exported by `torch.export` (MLflow's pt2 format), so a
 client sends plain pixels (N, H, W, 3), as an image file holds them, and needs neither the
-training set's mean and std nor this package. `vitlens.predict` runs the same module on a
+training set's mean and std nor this package. `vitlens.cli.predict` runs the same module on a
 model file, so both give the same probabilities.
 """
 from __future__ import annotations
@@ -32,11 +32,6 @@ class PixelClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = normalize(x.permute(0, 3, 1, 2), self.scale, self.shift)  # (N, 3, H, W) float32
         return torch.softmax(self.vit(x).float(), dim=1)
-
-
-def pixel_classifier(vit: ViT, rec: dict) -> PixelClassifier:
-    """The served module of a model and its record, as `vitlens.model.load_model` returns them."""
-    return PixelClassifier(vit, Normalizer(rec["mean"], rec["std"])).eval()
 
 
 def to_pixels(x: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from vitlens.errors import VitlensError  # noqa: E402
+from vitlens.errors import VitlensError, first_line  # noqa: E402
 
 
 def project_root() -> Path:
@@ -36,12 +36,19 @@ def tracking_uri() -> str:
 
 
 def git_commit(cwd: str | os.PathLike = ".") -> str:
+    """The checked-out commit, or "" with one line on stderr saying why there is none (no git,
+    not a checkout): the run's git_commit tag is then empty, never silently."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = f"git did not run ({first_line(e)})"
+    else:
+        if out.returncode == 0:
+            return out.stdout.strip()
+        why = (out.stderr.strip().splitlines() or ["git rev-parse HEAD failed"])[0]
+    print(f"warning: no git commit to record for {Path(cwd).resolve()}: {why}", file=sys.stderr)
+    return ""
 
 
 def _unreachable(e: BaseException) -> bool:
@@ -57,17 +64,32 @@ def _unreachable(e: BaseException) -> bool:
     return False
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+def sqlite_locked(e: BaseException) -> bool:
+    """Whether `e` is SQLite's "database is locked" (another writer holds the store): an
+    OperationalError saying so in its cause chain, or MLflow's wrapping of one, which keeps
+    only SQLAlchemy's rendering of it ("(sqlite3.OperationalError) database is locked")."""
+    cur: BaseException | None = e
+    while cur is not None:
+        text = str(cur)
+        if type(cur).__name__ == "OperationalError" and "database is locked" in text:
+            return True
+        if "(sqlite3.OperationalError) database is locked" in text:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+LOCK_RETRIES = 8  # waits of 0.2 s doubling: about 51 s in all before a lock error is raised
 
 
 def _retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """SQLite allows one writer at a time; parallel queued experiments can see 'locked'."""
-    for attempt in range(8):
+    """`fn(*args, **kwargs)`, retried while SQLite is locked by another writer (parallel
+    queued experiments share one store); any other error is raised at once."""
+    for attempt in range(LOCK_RETRIES):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - only lock errors are retried
-            if "locked" not in str(e) or attempt == 7:
+            if not sqlite_locked(e) or attempt == LOCK_RETRIES - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
 
@@ -99,7 +121,7 @@ class Run:
             except Exception as e:  # noqa: BLE001 - anything but a network failure is re-raised
                 if not _unreachable(e):
                     raise
-                print(f"warning: MLflow at {tracking_uri()} is unreachable ({_first_line(e)}); "
+                print(f"warning: MLflow at {tracking_uri()} is unreachable ({first_line(e)}); "
                       f"going on without logging to run {self.id}", file=sys.stderr, flush=True)
         self.lost.append(what)
         return None
@@ -186,7 +208,7 @@ class Run:
                   f"{', '.join(self.lost)}", file=sys.stderr, flush=True)
 
 
-def _client() -> Any:
+def client() -> Any:
     """A client on the project store; mlflow's global URI is pointed there too, since
     `mlflow.pytorch.log_model` logs through it (its default is relative to the cwd)."""
     import mlflow
@@ -196,7 +218,7 @@ def _client() -> Any:
     return MlflowClient(tracking_uri=tracking_uri())
 
 
-def _experiment_id(client: Any, name: str) -> str:
+def experiment_id(client: Any, name: str) -> str:
     exp = _retry(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
@@ -214,17 +236,17 @@ def _experiment_id(client: Any, name: str) -> str:
 
 
 def create_run(experiment: str, run_name: str | None, tags: dict[str, Any]) -> Run:
-    client = _client()
+    mc = client()
     try:
-        exp_id = _experiment_id(client, experiment)
-        run = _retry(client.create_run, exp_id, run_name=run_name,
+        exp_id = experiment_id(mc, experiment)
+        run = _retry(mc.create_run, exp_id, run_name=run_name,
                      tags={k: str(v) for k, v in tags.items()})
     except Exception as e:  # noqa: BLE001 - only a network failure becomes a one-line error
         if not _unreachable(e):
             raise
-        raise VitlensError(f"MLflow at {tracking_uri()} is unreachable ({_first_line(e)}): start "
+        raise VitlensError(f"MLflow at {tracking_uri()} is unreachable ({first_line(e)}): start "
                            "it, fix MLFLOW_TRACKING_URI, or set tracking.enabled=false") from None
-    return Run(client, run.info.run_id)
+    return Run(mc, run.info.run_id)
 
 
 def _get_run(client: Any, run_id: str) -> Any:
@@ -232,14 +254,14 @@ def _get_run(client: Any, run_id: str) -> Any:
         return _retry(client.get_run, run_id)
     except Exception as e:  # noqa: BLE001 - MlflowException for a run the store lacks
         what = "cannot be read from an unreachable" if _unreachable(e) else "not found in"
-        raise VitlensError(f"MLflow run {run_id} {what} {tracking_uri()}: {_first_line(e)}") from None
+        raise VitlensError(f"MLflow run {run_id} {what} {tracking_uri()}: {first_line(e)}") from None
 
 
 def open_run(run_id: str) -> Run:
     """A run that an earlier stage created (evaluate and visualize log into the training run)."""
-    client = _client()
-    _get_run(client, run_id)
-    return Run(client, run_id)
+    mc = client()
+    _get_run(mc, run_id)
+    return Run(mc, run_id)
 
 
 @contextlib.contextmanager
@@ -275,7 +297,7 @@ def run_params(run_id: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """
     import yaml
 
-    data = _get_run(_client(), run_id).data
+    data = _get_run(client(), run_id).data
     nested: dict[str, dict[str, Any]] = {}
     for key, text in data.params.items():
         section, name = key.split(".", 1)

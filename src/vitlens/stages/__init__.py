@@ -1,1 +1,3 @@
-"""One module per DVC stage: parse arguments, read params, call the library, write outputs."""
+"""One thin script per DVC stage: parse the arguments dvc.yaml passes, make one library call
+(vitlens.cifar.prepare or vitlens.pipeline.*), report failures in one line. Nothing imports
+these."""

@@ -1,55 +1,35 @@
-"""Every figure of the pipeline: numpy arrays in, a matplotlib Figure out, `save_figure` to disk.
+"""The pipeline's figures (visualize, evaluate, predict): numpy arrays in, a matplotlib Figure
+out; `vitlens.plots.common.save_figure` writes them.
 
 Figures are built with `matplotlib.figure.Figure` directly rather than pyplot, so nothing
 registers in pyplot's global figure list (no leaks across a long stage, no GUI backend) and
 PNG output goes through Agg regardless of the configured backend.
 
 Nothing here computes attention: maps arrive already upsampled to image pixels
-(`vitlens.attention.upsample_map`) and are only drawn. Images are uint8 (n, 3, H, W),
+(`vitlens.explain.attention.upsample_map`) and are only drawn. Images are uint8 (n, 3, H, W),
 channels first, de-normalised raw pixels. Shape mismatches are programming errors and raise
 ValueError.
 """
 from __future__ import annotations
 
 import math
-import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from vitlens.io import atomic_path
-
-DPI = 120
-MAP_CMAP = "inferno"
-MAP_ALPHA = 0.6
-ATTENTION_LABEL = "attention (share of CLS attention)"
-GRID_COLUMNS = 8
-RIGHT, WRONG = "tab:green", "tab:red"
-
-
-def save_figure(fig: Figure, path: str | os.PathLike) -> None:
-    """Write `fig` as a PNG to `path` atomically, then free it (also when saving fails)."""
-    try:
-        with atomic_path(path) as tmp:
-            # The temporary name ends in .tmp, so the format cannot be inferred from it.
-            fig.savefig(tmp, format="png", dpi=DPI)
-    finally:
-        _free(fig)
-
-
-def _free(fig: Figure) -> None:
-    # A figure a caller made with pyplot stays in its registry until closed; ours are not
-    # registered, and clearing drops their artists (and the arrays they hold) right away.
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:
-        pyplot.close(fig)
-    fig.clear()
+from vitlens.plots.common import (
+    GRID_COLUMNS,
+    RIGHT,
+    WRONG,
+    check_images,
+    check_maps,
+    colorbar,
+    overlay,
+    show_image,
+)
 
 
 def training_curves(history: Sequence[dict[str, float]], *,
@@ -78,14 +58,14 @@ def training_curves(history: Sequence[dict[str, float]], *,
 def image_grid(images: np.ndarray, labels: Sequence[str], *,
                title: str = "Test images") -> Figure:
     """Images in rows of up to 8, each titled with its class name."""
-    _check_images(images, labels)
+    check_images(images, labels)
     n = len(images)
     cols = min(n, GRID_COLUMNS)
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(1.6 * cols + 0.4, 1.7 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, img, label in zip(axes, images, labels):
-        _show_image(ax, img)
+        show_image(ax, img)
         ax.set_title(label, fontsize=10)
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -103,10 +83,10 @@ def attention_overlays(images: np.ndarray, truth: Sequence[str], pred: Sequence[
     `confidence` is the predicted class's probability in [0, 1]; `maps` and `grad_maps` are
     (n, H, W) at image resolution. The prediction title is green when right and red when wrong.
     """
-    _check_images(images, truth, pred, confidence)
-    _check_maps(images, maps)
+    check_images(images, truth, pred, confidence)
+    check_maps(images, maps)
     if grad_maps is not None:
-        _check_maps(images, grad_maps)
+        check_maps(images, grad_maps)
     if any(not 0 <= c <= 1 for c in confidence):
         raise ValueError("confidence must be probabilities in [0, 1], not percentages")
     n = len(images)
@@ -114,16 +94,16 @@ def attention_overlays(images: np.ndarray, truth: Sequence[str], pred: Sequence[
     fig = Figure(figsize=(2.9 * cols, 2.7 * n + 0.5), layout="constrained")
     axes = fig.subplots(n, cols, squeeze=False)
     for i, (row, img, t, p, c, m) in enumerate(zip(axes, images, truth, pred, confidence, maps)):
-        _show_image(row[0], img)
+        show_image(row[0], img)
         row[0].set_title(f"ground truth: {t}", fontsize=10)
-        _show_image(row[1], img)
+        show_image(row[1], img)
         row[1].set_title(f"prediction: {p} ({100 * c:.1f}%)", fontsize=10,
                          color=RIGHT if p == t else WRONG)
-        norm = _overlay(row[2], img, m)
+        norm = overlay(row[2], img, m)
         row[2].set_title("attention rollout", fontsize=10)
-        _colorbar(fig, norm, row[2])
+        colorbar(fig, norm, row[2])
         if grad_maps is not None:
-            _colorbar(fig, _overlay(row[3], img, grad_maps[i]), row[3], label="relevance (share)")
+            colorbar(fig, overlay(row[3], img, grad_maps[i]), row[3], label="relevance (share)")
             row[3].set_title("gradient-weighted rollout", fontsize=10)
     fig.suptitle(title)
     return fig
@@ -140,24 +120,24 @@ def rollout_vs_heads(images: np.ndarray, rollout: np.ndarray, heads: np.ndarray,
     compare directly. A shared scale with the rollout would be unreadable: a single focused
     head can put most of the CLS attention on one patch, flattening the rollout to black.
     """
-    _check_images(images, titles)
-    _check_maps(images, rollout)
+    check_images(images, titles)
+    check_maps(images, rollout)
     if heads.ndim != 4 or len(heads) != len(images):
         raise ValueError(f"heads must be (n, heads, H, W) for {len(images)} images, "
                          f"got shape {heads.shape}")
-    _check_maps(images, heads[:, 0])
+    check_maps(images, heads[:, 0])
     n, n_heads = heads.shape[:2]
     fig = Figure(figsize=(2.1 * (n_heads + 2) + 1.4, 2.3 * n + 0.5), layout="constrained")
     axes = fig.subplots(n, n_heads + 2, squeeze=False)
     for row, img, name, roll, maps in zip(axes, images, titles, rollout, heads):
-        _show_image(row[0], img)
+        show_image(row[0], img)
         row[0].set_title(name, fontsize=10)
-        roll_norm = _overlay(row[1], img, roll)
-        _colorbar(fig, roll_norm, row[1], label="rollout (share of CLS attention)")
+        roll_norm = overlay(row[1], img, roll)
+        colorbar(fig, roll_norm, row[1], label="rollout (share of CLS attention)")
         head_norm = Normalize(0.0, max(float(maps.max()), 1e-12))
         for ax, m in zip(row[2:], maps):
-            _overlay(ax, img, m, head_norm)
-        _colorbar(fig, head_norm, list(row[2:]), label="CLS attention (share)")
+            overlay(ax, img, m, head_norm)
+        colorbar(fig, head_norm, list(row[2:]), label="CLS attention (share)")
     axes[0, 1].set_title("rollout", fontsize=10)
     for h, ax in enumerate(axes[0, 2:], 1):
         ax.set_title(f"head {h}", fontsize=10)
@@ -216,64 +196,19 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], *,
     return fig
 
 
-def _check_images(images: np.ndarray, *per_image: Sequence) -> None:
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (n, 3, H, W), got shape {images.shape}")
-    if len(images) == 0:
-        raise ValueError("no images to draw")
-    if any(len(seq) != len(images) for seq in per_image):
-        raise ValueError(f"per-image arguments must all have {len(images)} entries")
-
-
-def _check_maps(images: np.ndarray, maps: np.ndarray) -> None:
-    want = (len(images), *images.shape[2:])
-    if maps.shape != want:
-        raise ValueError(f"maps must be {want} (upsampled to the image), got {maps.shape}")
-
-
-def _extent(img: np.ndarray) -> tuple[float, float, float, float]:
-    # Pixel edges, top row first: image and map drawn with the same extent share pixel cells.
-    h, w = img.shape[-2:]
-    return (0, w, h, 0)
-
-
-def _show_image(ax: Axes, img: np.ndarray) -> None:
-    ax.imshow(img.transpose(1, 2, 0), interpolation="nearest", extent=_extent(img))
-    ax.set_axis_off()
-
-
-def _overlay(ax: Axes, img: np.ndarray, m: np.ndarray, norm: Normalize | None = None,
-             ) -> Normalize:
-    """Draw `img` with `m` on top; return the colour scale used (0 to the map's max if none)."""
-    if norm is None:
-        norm = Normalize(0.0, max(float(m.max()), 1e-12))
-    _show_image(ax, img)
-    ax.imshow(m, cmap=MAP_CMAP, norm=norm, alpha=MAP_ALPHA, interpolation="nearest",
-              extent=_extent(img))
-    return norm
-
-
-def _colorbar(fig: Figure, norm: Normalize, ax: Axes | list[Axes],
-              label: str = ATTENTION_LABEL) -> None:
-    # An opaque bar: one built from the translucent overlay would show washed-out colours.
-    bar = fig.colorbar(ScalarMappable(norm, MAP_CMAP), ax=ax, shrink=0.9, aspect=15)
-    bar.set_label(label, fontsize=8)
-    bar.ax.tick_params(labelsize=7)
-
-
 def prediction_overlay(picture: np.ndarray, small: np.ndarray, m: np.ndarray,
                        top: Sequence[tuple[str, float]], *, title: str,
                        map_name: str = "attention rollout") -> Figure:
     """A picture of any source: what the model saw (`small`, (3, S, S)), and the map `m`
     (S, S) stretched over `picture` (3, H, W), the same square crop at a size people can read.
     The title names the top classes with their probabilities in [0, 1]."""
-    _check_images(small[None])
-    _check_maps(small[None], m[None])
+    check_images(small[None])
+    check_maps(small[None], m[None])
     fig = Figure(figsize=(7.2, 3.9), layout="constrained")
     seen, where = fig.subplots(1, 2)
-    _show_image(seen, small)
+    show_image(seen, small)
     seen.set_title(f"what the model sees ({small.shape[-1]}x{small.shape[-2]})", fontsize=9)
-    _colorbar(fig, _overlay(where, picture, m), where)
+    colorbar(fig, overlay(where, picture, m), where)
     where.set_title(map_name, fontsize=9)
     fig.suptitle(f"{title}\n" + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top), fontsize=10)
     return fig

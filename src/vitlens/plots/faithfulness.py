@@ -1,6 +1,6 @@
 """Figures of the faithfulness stage: the mean deletion/insertion curves per method, and the
-methods' maps side by side on a few images. Built like every figure in `vitlens.plots`
-(Figure, not pyplot; saved with `plots.save_figure`), from numpy arrays."""
+methods' maps side by side on a few images. Built like every figure in `vitlens.plots.figures`
+(Figure, not pyplot; saved with `vitlens.plots.common.save_figure`), from numpy arrays."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from vitlens.plots import _check_images, _check_maps, _colorbar, _overlay, _show_image
+from vitlens.plots.common import check_images, check_maps, colorbar, overlay, show_image
 
 LABELS = {"rollout": "attention rollout", "grad_rollout": "gradient-weighted rollout",
           "last_layer": "last-layer CLS attention", "random": "random (baseline)"}
@@ -52,19 +52,19 @@ def methods_figure(images: np.ndarray, maps: Mapping[str, np.ndarray], titles: S
     deletion / insertion AUC. `maps[method]` is (n, H, W) at image resolution; `scores[method]`
     is (n, 2): deletion and insertion AUC per image. Each map has its own colour scale: the
     methods' units differ, and only the order of the patches is scored."""
-    _check_images(images, titles)
+    check_images(images, titles)
     for method, m in maps.items():
-        _check_maps(images, m)
+        check_maps(images, m)
         if scores[method].shape != (len(images), 2):
             raise ValueError(f"scores of {method} must be (n, 2), got {scores[method].shape}")
     n, cols = len(images), len(maps) + 1
     fig = Figure(figsize=(2.3 * cols + 0.6, 2.4 * n + 0.6), layout="constrained")
     axes = fig.subplots(n, cols, squeeze=False)
     for i, (row, img, name) in enumerate(zip(axes, images, titles)):
-        _show_image(row[0], img)
+        show_image(row[0], img)
         row[0].set_title(name, fontsize=9)
         for ax, (method, m) in zip(row[1:], maps.items()):
-            _colorbar(fig, _overlay(ax, img, m[i]), ax, label="relevance")
+            colorbar(fig, overlay(ax, img, m[i]), ax, label="relevance")
             d, ins = scores[method][i]
             ax.set_title(f"{LABELS.get(method, method)}\ndel {d:.2f}  ins {ins:.2f}", fontsize=8)
     fig.suptitle(title)

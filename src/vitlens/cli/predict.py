@@ -1,7 +1,7 @@
 """Predict CIFAR-10 classes for your own pictures, and show where the model looked.
 
-    python -m vitlens.predict photo.jpg shots/ [--top-k 3] [--json] [--out overlays/]
-    python -m vitlens.predict photo.jpg --model-uri models:/vitlens-cifar10/1
+    vitlens predict photo.jpg shots/ [--top-k 3] [--json] [--out overlays/]
+    vitlens predict photo.jpg --model-uri models:/vitlens-cifar10/1
     make predict IMAGES="photo.jpg shots/" EXTRA="--top-k 5"
 
 Takes PNG, JPEG and BMP files, or folders of them (the folder's own files, not subfolders), of
@@ -27,13 +27,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from vitlens import plots, tracking
-from vitlens.attention import attention_views
-from vitlens.data import Normalizer
-from vitlens.device import pick_device
-from vitlens.errors import VitlensError, run_main
-from vitlens.model import load_model
-from vitlens.serving import pixel_classifier
+from vitlens import tracking
+from vitlens.errors import VitlensError, first_line, run_main
+from vitlens.explain.attention import upsample_map
+from vitlens.explain.maps import compute_maps
+from vitlens.plots.common import save_figure
+from vitlens.plots.figures import prediction_overlay
+from vitlens.trained import load_trained
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 FORMATS = ("PNG", "JPEG", "BMP")
@@ -100,13 +100,12 @@ class FileModel:
     """A model file of the train stage: probabilities from the module MLflow serves, maps
     from the ViT's explicit-attention path."""
 
-    def __init__(self, path: Path, device: torch.device):
-        self.vit, rec = load_model(path, device)
-        self.norm = Normalizer(rec["mean"], rec["std"])
-        self.served = pixel_classifier(self.vit, rec).to(device)
-        self.classes: list[str] = rec["classes"]
-        self.size: int = rec["model_config"]["image_size"]
-        self.device = device
+    def __init__(self, path: Path, device: torch.device | str = "auto"):
+        self.trained = load_trained(path, device)
+        self.served = self.trained.pixel_classifier()
+        self.classes: list[str] = self.trained.classes
+        self.size: int = self.trained.image_size
+        self.device = self.trained.device
 
     @torch.no_grad()
     def probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -116,7 +115,8 @@ class FileModel:
     def maps(self, x: np.ndarray) -> np.ndarray:
         """(N, S, S) attention rollout for uint8 (N, S, S, 3) pixels."""
         nchw = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2)
-        return attention_views(self.vit, self.norm(nchw))[1].cpu().numpy()
+        maps = compute_maps(self.trained.vit, self.trained.norm(nchw), grad=False)
+        return upsample_map(maps.rollout, x.shape[1]).cpu().numpy()
 
 
 class MlflowModel:
@@ -126,13 +126,13 @@ class MlflowModel:
     def __init__(self, uri: str):
         import mlflow.pyfunc
 
-        tracking._client()  # runs:/ and models:/ resolve against the project's store
+        tracking.client()  # runs:/ and models:/ resolve against the project's store
         try:
             self.model = mlflow.pyfunc.load_model(uri)
         except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for a bad URI
             raise VitlensError(
                 f"cannot load MLflow model {uri} from {tracking.tracking_uri()} "
-                f"({tracking._first_line(e)}); the train stage logs runs:/<run_id>/model and "
+                f"({first_line(e)}); the train stage logs runs:/<run_id>/model and "
                 "registers models:/vitlens-cifar10/<version>") from None
         meta = self.model.metadata
         classes = (meta.metadata or {}).get("classes")
@@ -209,8 +209,8 @@ def run_predict(model: FileModel | MlflowModel, inputs: Sequence[Path], *, top_k
             results.append(Prediction(str(path), top))
             if maps is not None and out is not None:
                 dest = _overlay_path(out, path, taken)
-                plots.save_figure(plots.prediction_overlay(pictures[i], x[i].transpose(2, 0, 1),
-                                                           maps[i], top, title=path.name), dest)
+                save_figure(prediction_overlay(pictures[i], x[i].transpose(2, 0, 1), maps[i], top,
+                                               title=path.name), dest)
                 results[-1].overlay = str(dest)
         bar.update(len(paths))
     bar.close()
@@ -236,8 +236,7 @@ def main() -> None:
     if args.model_uri and args.out:
         raise VitlensError("--out needs the model file (--model models/model.pt): the MLflow "
                            "model is a traced graph without the attention path")
-    model = MlflowModel(args.model_uri) if args.model_uri else \
-        FileModel(args.model, pick_device("auto"))
+    model = MlflowModel(args.model_uri) if args.model_uri else FileModel(args.model)
     results, errors = run_predict(model, args.images, top_k=args.top_k,
                                   batch_size=args.batch_size, out=args.out)
     if args.json:

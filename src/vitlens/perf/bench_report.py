@@ -34,7 +34,7 @@ def environment(device: torch.device, timm_version: str) -> dict[str, Any]:
             "torchvision": torchvision.__version__, "timm": timm_version}
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
+def markdown_table(rows: list[list[str]], header: list[str]) -> str:
     """A markdown table; every column but the first right-aligned."""
     align = ["---"] + ["---:"] * (len(header) - 1)
     return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
@@ -58,7 +58,7 @@ def model_table(m: dict[str, Any]) -> str:
     rows = [[name, f"{m[k]['params']:,}", f"{m[k]['images_per_second']:.1f}",
              f"{m[k]['median_s'] * 1e3:.1f}"]
             for k, name in (("ours", "vitlens ViT"), ("timm", "timm VisionTransformer"))]
-    return (table(rows, ["train step", "params", "images/s", "median ms/step"])
+    return (markdown_table(rows, ["train step", "params", "images/s", "median ms/step"])
             + f"\n\nours / timm: {m['ratio_ours_over_timm']:.2f}x "
             f"(median of per-round ratios: {m['paired_ratio_ours_over_timm']:.2f}x)")
 
@@ -69,7 +69,7 @@ def pipeline_table(p: dict[str, Any]) -> str:
              f"{p[k]['images_per_second'] / best:.2f}x"] for k, name in pipeline_rows(p)]
     header = [f"data pipeline ({p['images']:,} images)", "images/s", "median ms/epoch",
               "vs best DataLoader"]
-    return (table(rows, header)
+    return (markdown_table(rows, header)
             + f"\n\nours / best DataLoader: {p['ratio_ours_over_best_dataloader']:.2f}x "
             f"(median of per-round ratios: {p['paired_ratio_ours_over_best_dataloader']:.2f}x)")
 
@@ -80,7 +80,7 @@ def epoch_table(ep: dict[str, Any]) -> str:
     rows = [[k, f"{ep[k]['images_per_second']:,.0f}", f"{ep[k]['first_step_s']:.1f}",
              f"{ep[k]['epoch_s']:.1f}", f"{ep[k]['total_s']:.0f}"] for k in ("eager", "compiled")]
     n = ep["epochs"]
-    return table(rows, [f"{n}-epoch estimate ({ep['train_images']:,} train + "
+    return markdown_table(rows, [f"{n}-epoch estimate ({ep['train_images']:,} train + "
                         f"{ep['val_images']:,} val images/epoch)", "train images/s",
                         "first step s", "s/epoch", f"s for {n} epochs"])
 

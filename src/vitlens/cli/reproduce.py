@@ -1,6 +1,6 @@
 """Reproduce an MLflow run: write the params.yaml it was trained with and say which commit.
 
-    python -m vitlens.reproduce RUN_ID [--out params.yaml]
+    python -m vitlens.cli.reproduce RUN_ID [--out params.yaml]
     git checkout <the printed commit> && dvc repro   (or: dvc exp apply <dvc_exp_name>)
 """
 from __future__ import annotations

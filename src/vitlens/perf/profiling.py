@@ -3,7 +3,7 @@ step's wall time, the share of it the GPU is busy, kernels launched and host syn
 the input pipeline's share and the top kernels (on a CPU: the top ops).
 
 The steps are training.train's own: augmented batches from the on-device pipeline,
-training.optimizer_step and the running epoch sums, at the params' batch size and model.
+step.optimizer_step and the running epoch sums, at the params' batch size and model.
 """
 from __future__ import annotations
 
@@ -21,14 +21,9 @@ from vitlens.config import Params
 from vitlens.data import Normalizer, Split, batch_indices
 from vitlens.device import pick_device
 from vitlens.model import build_model, train_flops_per_image
-from vitlens.timing import sync, time_calls
-from vitlens.training import (
-    EpochStats,
-    batch_maker,
-    device_splits,
-    make_optimizer,
-    optimizer_step,
-)
+from vitlens.perf.timing import sync, time_calls
+from vitlens.step import EpochStats, batch_maker, make_optimizer, optimizer_step
+from vitlens.training import device_splits
 
 TOP = 12  # kernels (or ops) listed
 # Eager, compiled, compiled with CUDA graphs. Only eager on a CPU: compiling there takes
@@ -49,7 +44,7 @@ def host_syncs(fn: Callable[[], object]) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def summarize(rows: Iterable[tuple[str, int, float, bool]], steps: int, step_s: float,
+def summarize_profile(rows: Iterable[tuple[str, int, float, bool]], steps: int, step_s: float,
               top: int = TOP) -> dict[str, Any]:
     """Profiler rows (name, calls, self microseconds, ran on the GPU) of `steps` steps of
     `step_s` seconds each -> per-step totals and the top entries. With GPU rows the kernels
@@ -130,7 +125,7 @@ def profile_training(params: Params, split: Split, norm: Normalizer, *, mode: st
            "warmup_s": warmup_s, "step_ms": step_s * 1e3,
            "images_per_second": t.batch_size / step_s, "achieved_tflops": flops / step_s / 1e12,
            "input_ms": input_s * 1e3, "input_share": input_s / step_s,
-           **summarize(profiler_rows(prof), steps, step_s, top)}
+           **summarize_profile(profiler_rows(prof), steps, step_s, top)}
     if gpu:
         out["syncs_per_step"] = host_syncs(lambda: run(steps)) / steps
     out["verdict"] = verdict(out)

@@ -12,11 +12,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from vitlens.bench_report import loader_name
 from vitlens.config import Params
 from vitlens.data import Normalizer, Split, batch_indices, channel_stats
-from vitlens.timing import alternate, paired_speedup, summary
-from vitlens.training import batch_maker
+from vitlens.perf.bench_report import loader_name
+from vitlens.perf.timing import alternate, paired_speedup, summarize_calls
+from vitlens.step import batch_maker
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32  # pixels; the pipelines produce CIFAR-sized images whatever the model
@@ -114,7 +114,7 @@ def bench_pipelines(params: Params, *, images: int, batch_size: int, epochs: int
     times = alternate(runs, n=epochs, rounds=epochs, device=device)
     per_epoch = (images // batch_size) * batch_size
     out: dict[str, Any] = {"images": images, "loaders": [list(kw) for kw in LOADERS],
-                           **{name: summary(sec, per_epoch) for name, sec in times.items()}}
+                           **{name: summarize_calls(sec, per_epoch) for name, sec in times.items()}}
     best = max((loader_name(*kw) for kw in LOADERS), key=lambda k: out[k]["images_per_second"])
     out["best_dataloader"] = best
     out["ratio_ours_over_best_dataloader"] = (out["ours"]["images_per_second"]

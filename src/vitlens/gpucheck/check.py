@@ -1,6 +1,6 @@
 """One prepared GPU check, in one go:
 
-    PYTHONPATH=src python -m vitlens.gpu_check --archive cifar-10-python.tar.gz --md5 HEX --out DIR
+    PYTHONPATH=src python -m vitlens gpu-check --archive cifar-10-python.tar.gz --md5 HEX --out DIR
 
 Prepares the archive with the download stage's code, trains the params.yaml recipe eager and
 then with torch.compile (bf16 autocast on CUDA), evaluates on the test set, renders every
@@ -33,20 +33,21 @@ from typing import Any
 import torch
 import yaml
 
-from vitlens import search, tracking
-from vitlens.bench_report import environment
-from vitlens.check_runner import Check, Skip, Tee
+from vitlens import tracking
 from vitlens.cifar import load_arrays, prepare
 from vitlens.config import load_params, parse_params, set_key
 from vitlens.device import pick_device
 from vitlens.errors import VitlensError, run_main
-from vitlens.model import load_model
-from vitlens.profiling import profile_modes
-from vitlens.stages.evaluate import run_evaluation
-from vitlens.stages.train import run_training
-from vitlens.stages.visualize import run_visualize
+from vitlens.gpucheck import search
+from vitlens.gpucheck.runner import Check, Skip, Tee
+from vitlens.perf.bench_report import environment
+from vitlens.perf.profiling import profile_modes
+from vitlens.pipeline.evaluate import run_evaluation
+from vitlens.pipeline.train import run_training
+from vitlens.pipeline.visualize import run_visualize
+from vitlens.trained import load_trained
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/ lives here
+ROOT = Path(__file__).resolve().parents[3]  # the repository: tests/ lives here
 MAX_FILES, MAX_BYTES = 8, 16 * 2**20  # what the device machine hands back
 OPTIONAL = ("train_compiled", "profile", "pytest_gpu", "bench")  # the budget may skip these
 # Guesses in seconds on one H100 for what no finished phase predicts; the JSON records the
@@ -112,7 +113,7 @@ def train_phase(folder: Path, data: Path) -> dict[str, Any]:
     ckpt.unlink(missing_ok=True)  # a stale checkpoint would resume and skew the timings
     run_training(load_params(folder / "params.yaml"), data, folder / "model.pt",
                  folder / "history.csv", ckpt)
-    history = load_model(folder / "model.pt")[1]["history"]
+    history = load_trained(folder / "model.pt", "cpu").history
     seconds = [r["epoch_seconds"] for r in history]
     return {"epochs": len(history), "train_s": sum(seconds), "first_epoch_s": seconds[0],
             "median_epoch_s": statistics.median(seconds[1:] or seconds),
@@ -155,7 +156,7 @@ def pytest_phase(timeout_s: float) -> dict[str, Any]:
 
 
 def bench_phase(params: Path, work: Path, quick: bool) -> dict[str, Any]:
-    from vitlens import bench  # imports torchvision's data pipeline and timm: only here
+    from vitlens.perf import bench  # imports torchvision's data pipeline and timm: only here
 
     out = work / "bench.json"
     bench.main(["--params", str(params), "--out", str(out), *(["--quick"] if quick else [])])
@@ -169,6 +170,15 @@ def bench_phase(params: Path, work: Path, quick: bool) -> dict[str, Any]:
             "epochs_estimate": epochs}
 
 
+def test_accuracy(ev: dict[str, Any]) -> str:
+    """`test accuracy 0.8123`, or why there is none (the evaluation failed or was skipped)."""
+    if "accuracy" in ev:
+        return f"test accuracy {ev['accuracy']:.4f}"
+    detail = ev.get("error") or ev.get("skipped")
+    return f"test accuracy not measured (evaluation {ev.get('status', 'not run')}" + \
+        (f": {detail})" if detail else ")")
+
+
 def compare(check: Check) -> dict[str, Any]:
     """Eager vs compiled, and the numbers the README's GPU row needs, printed in one line."""
     runs = {n: (check.get(f"train_{n}"), check.get(f"evaluate_{n}")) for n in ("eager", "compiled")
@@ -176,7 +186,7 @@ def compare(check: Check) -> dict[str, Any]:
     out: dict[str, Any] = {n: {"train_s": t["train_s"], "median_epoch_s": t["median_epoch_s"],
                                "test_acc": ev.get("accuracy")} for n, (t, ev) in runs.items()}
     check.say("; ".join(f"{n}: {t['epochs']} epochs in {t['train_s']:.1f}s (median epoch "
-                        f"{t['median_epoch_s']:.2f}s), test accuracy {ev.get('accuracy', -1):.4f}"
+                        f"{t['median_epoch_s']:.2f}s), {test_accuracy(ev)}"
                         for n, (t, ev) in runs.items()) or "no training finished")
     if len(out) == 2:
         out["speedup_train"] = out["eager"]["train_s"] / out["compiled"]["train_s"]

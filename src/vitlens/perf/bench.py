@@ -19,16 +19,17 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from vitlens.bench_data import IMAGE_SIZE, NUM_CLASSES, bench_pipelines, synthetic_images
-from vitlens.bench_report import environment, report
 from vitlens.config import ModelConfig, Params, load_params
 from vitlens.data import Normalizer, Split, channel_stats
 from vitlens.device import autocast, pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
 from vitlens.model import build_model
-from vitlens.timing import alternate, paired_speedup, summary, time_calls
-from vitlens.training import VAL_BATCH, batch_maker, make_optimizer, optimizer_step
+from vitlens.perf.bench_data import IMAGE_SIZE, NUM_CLASSES, bench_pipelines, synthetic_images
+from vitlens.perf.bench_report import environment, report
+from vitlens.perf.timing import alternate, paired_speedup, summarize_calls, time_calls
+from vitlens.step import batch_maker, make_optimizer, optimizer_step
+from vitlens.training import VAL_BATCH
 
 CIFAR_TRAIN = 50_000   # CIFAR-10 training images, before the validation split
 
@@ -116,7 +117,7 @@ def bench_models(params: Params, s: Settings, device: torch.device) -> dict[str,
         time_calls(step, s.warmup, device)
     times = alternate(steps, n=s.steps, rounds=s.rounds, device=device)
     out: dict[str, Any] = {name: {"params": count_params(models[name]),
-                                  **summary(times[name], s.batch_size)} for name in models}
+                                  **summarize_calls(times[name], s.batch_size)} for name in models}
     out["ratio_ours_over_timm"] = (out["ours"]["images_per_second"]
                                    / out["timm"]["images_per_second"])
     out["paired_ratio_ours_over_timm"] = paired_speedup(out["ours"], out["timm"])
@@ -172,7 +173,7 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
                            "epochs": t.epochs, "steps_per_epoch": steps_per_epoch,
                            "val_batch_seconds": val_s}
     for name, sec in times.items():
-        r = summary(sec, s.batch_size)
+        r = summarize_calls(sec, s.batch_size)
         epoch_s = steps_per_epoch * r["median_s"] + val_batches * val_s
         out[name] = {**r, "first_step_s": first[name], "epoch_s": epoch_s,
                      "total_s": first[name] + t.epochs * epoch_s}

@@ -1,4 +1,5 @@
-"""Where a ViT looks: attention rollout, per-head CLS maps and mean attention distance.
+"""The math of where a ViT looks, on attention tensors alone: attention rollout, gradient-weighted
+rollout, per-head CLS maps, mean attention distance (the model pass is `vitlens.explain.maps`).
 
 Attention tensors follow the model's convention: one `(B, heads, N, N)` tensor per layer,
 row = query, column = key, rows summing to 1. Token 0 is CLS; tokens 1..N-1 are the
@@ -13,8 +14,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-
-from vitlens.model import ViT
 
 
 def _check_tokens(attn: Tensor, grid: int) -> None:
@@ -95,26 +94,6 @@ def cls_gradient_rollout_map(attns: Sequence[Tensor], grads: Sequence[Tensor],
     return _normalise_last(cls_row).reshape(-1, grid, grid)
 
 
-def gradient_rollout_maps(model: ViT, x: Tensor, target: Tensor | None = None
-                          ) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """Logits, (B, grid, grid) gradient-weighted rollout maps for `target` (default: the
-    predicted class) and the detached per-layer attention, from one forward and backward
-    pass of the explicit-attention path in eval mode.
-
-    The score is the sum of each image's target logit: in eval mode images do not interact,
-    so each image's attention gradients are those of its own logit.
-    """
-    model.eval()
-    with torch.enable_grad():
-        logits, attns = model(x.detach(), return_attn=True)
-        if target is None:
-            target = logits.argmax(dim=1)
-        score = logits.gather(1, target[:, None]).sum()
-        grads = torch.autograd.grad(score, attns)  # (B, heads, N, N) per layer
-    attns = [a.detach() for a in attns]
-    return logits.detach().float(), cls_gradient_rollout_map(attns, grads, model.grid), attns
-
-
 def cls_attention_maps(attn: Tensor, grid: int) -> Tensor:
     """One layer's CLS-query attention over the patches, per head: (B, heads, grid, grid).
 
@@ -167,28 +146,3 @@ def mean_attention_distance(attns: Sequence[Tensor], grid: int, patch_size: int)
         per_query = (patches * dist.to(patches.device)).sum(dim=-1)  # (B, heads, P)
         per_layer.append(per_query.mean(dim=(0, 2)))  # (heads,)
     return torch.stack(per_layer).to(attns[0].dtype)
-
-
-@torch.no_grad()
-def attention_views(model: ViT, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits, rollout maps (B, S, S) and last-layer per-head CLS maps (B, heads, S, S) at
-    image size S, from the model's explicit-attention path in eval mode."""
-    model.eval()
-    logits, attns = model(x, return_attn=True)
-    grid, size = model.grid, x.shape[-1]
-    rollout = upsample_map(cls_rollout_map(attns, grid), size)
-    heads = upsample_map(cls_attention_maps(attns[-1], grid), size)
-    return logits.float(), rollout, heads
-
-
-@torch.no_grad()
-def mean_attention_distance_over(model: ViT, batches: Sequence[Tensor]) -> Tensor:
-    """mean_attention_distance averaged over normalised image batches, weighted by size."""
-    if not batches:
-        raise ValueError("mean_attention_distance_over needs at least one batch")
-    model.eval()
-    sums = []
-    for x in batches:
-        _, attns = model(x, return_attn=True)
-        sums.append(mean_attention_distance(attns, model.grid, model.patch_size) * len(x))
-    return torch.stack(sums).sum(dim=0) / sum(len(x) for x in batches)

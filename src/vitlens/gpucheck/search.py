@@ -20,9 +20,11 @@ from typing import Any
 
 import yaml
 
-from vitlens.check_runner import Check
-from vitlens.config import ConfigError, parse_params, set_key
+from vitlens.cifar import TRAIN_IMAGES
+from vitlens.config import ConfigError, Params, parse_params, set_key
+from vitlens.gpucheck.runner import Check
 from vitlens.model import train_flops_per_image
+from vitlens.perf.bench_report import markdown_table
 
 BASELINE = "default"  # the checked params themselves, trained before the candidates
 
@@ -36,11 +38,19 @@ class Candidate:
     cost: float              # training FLOPs relative to the baseline's
 
 
+def epoch_images(p: Params, train_images: int = TRAIN_IMAGES) -> int:
+    """Images one epoch trains on: what the validation split and data.train_subset leave of
+    `train_images`, in whole batches (the train stage drops the last partial one)."""
+    n = train_images - p.data.val_size
+    n = min(n, p.data.train_subset) if p.data.train_subset else n
+    return n // p.train.batch_size * p.train.batch_size
+
+
 def relative_cost(raw: dict[str, Any], base: dict[str, Any]) -> float:
     """Training FLOPs of `raw` over those of `base`: per image, times images, times epochs."""
     def flops(r: dict[str, Any]) -> float:
         p = parse_params(r)
-        return train_flops_per_image(p.model) * p.train.epochs
+        return train_flops_per_image(p.model) * epoch_images(p) * p.train.epochs
     return flops(raw) / flops(base)
 
 
@@ -81,15 +91,15 @@ def choose(val_acc: dict[str, float]) -> str:
     return max(val_acc, key=lambda name: val_acc[name])
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def search_table(rows: list[dict[str, Any]]) -> str:
     """The search as a Markdown table, best validation accuracy first."""
-    lines = ["| candidate | changes | cost | val acc | train s |", "|---|---|---|---|---|"]
+    body = []
     for r in sorted(rows, key=lambda r: -(r["val_acc"] if r["val_acc"] is not None else -1)):
         acc = f"{r['val_acc']:.4f}" if r["val_acc"] is not None else r["status"]
         secs = f"{r['train_s']:.1f}" if r["train_s"] is not None else "-"
         changes = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "(params.yaml)"
-        lines.append(f"| {r['name']} | {changes} | {r['cost']:.2f}x | {acc} | {secs} |")
-    return "\n".join(lines)
+        body.append([r["name"], changes, f"{r['cost']:.2f}x", acc, secs])
+    return markdown_table(body, ["candidate", "changes", "cost", "val acc", "train s"])
 
 
 def run_search(check: Check, candidates: list[Candidate], *,
@@ -123,7 +133,7 @@ def run_search(check: Check, candidates: list[Candidate], *,
             result["best_test_acc"] = check.get("search_best_test").get("accuracy")
         else:
             result["best_test_acc"] = acc
-    result["table"] = table(rows)
+    result["table"] = search_table(rows)
     check.say("search, chosen on validation accuracy:\n" + result["table"])
     if result.get("best_changes"):
         result["adopt"] = "dvc exp run " + " ".join(f"-S {k}={v}" for k, v in

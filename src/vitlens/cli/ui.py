@@ -1,6 +1,6 @@
 """Start the MLflow UI on the project's store, bound to this machine only.
 
-    python -m vitlens.ui [--port 5000]     (make ui)
+    python -m vitlens.cli.ui [--port 5000]     (make ui)
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def alternate(fns: dict[str, Callable[[], Any]], *, n: int, rounds: int,
     return times
 
 
-def summary(by_round: list[list[float]], images: int) -> dict[str, Any]:
+def summarize_calls(by_round: list[list[float]], images: int) -> dict[str, Any]:
     """Median seconds per call and the images/s it gives; `images` per call."""
     seconds = [t for r in by_round for t in r]
     median = statistics.median(seconds)

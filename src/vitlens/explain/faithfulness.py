@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from vitlens.attention import upsample_map
 from vitlens.device import autocast
+from vitlens.explain.attention import upsample_map
 
 KINDS = ("deletion", "insertion")
 
@@ -138,7 +138,7 @@ def bootstrap_interval(values: np.ndarray, *, samples: int, confidence: float,
     return float(lo), float(hi)
 
 
-def summarise(curves: Mapping[str, Curves], *, samples: int, confidence: float,
+def summarize_curves(curves: Mapping[str, Curves], *, samples: int, confidence: float,
               seed: int) -> dict[str, dict[str, float]]:
     """{method: {deletion_auc, deletion_low, deletion_high, insertion_auc, ...}}: the mean
     AUC over images and its bootstrap interval."""

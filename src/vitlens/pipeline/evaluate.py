@@ -1,0 +1,45 @@
+"""The evaluate stage's work: a trained model on the test set -> metrics JSON, the confusion
+matrix (DVC plot data and PNG) and per-class accuracy, logged into the training run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitlens.cifar import load_arrays
+from vitlens.config import load_params
+from vitlens.data import to_device
+from vitlens.evaluation import confusion_rows, evaluate_logits, split_logits
+from vitlens.io import write_csv, write_json
+from vitlens.plots.common import save_figure
+from vitlens.plots.figures import confusion_figure
+from vitlens.trained import load_trained
+
+
+def run_evaluation(params_path: str | Path, model_path: Path, data_path: Path, out_dir: Path,
+                   metrics_path: Path) -> dict:
+    """Evaluate `model_path` on the test split of `data_path`; returns the metrics written."""
+    params = load_params(params_path)
+    trained = load_trained(model_path)
+    data = load_arrays(data_path)
+    test = to_device(data.x_test, data.y_test, trained.device)
+    logits = split_logits(trained.vit, test, trained.norm, params.evaluate.batch_size, trained.device)
+    ev = evaluate_logits(logits, test.y, data.classes)
+    per_class = ev.per_class_accuracy()
+    support = ev.confusion.sum(axis=1)
+
+    write_json(metrics_path, ev.metrics())
+    write_csv(out_dir / "confusion.csv", confusion_rows(data.y_test, ev.predictions, data.classes))
+    write_csv(out_dir / "per_class.csv",
+              [{"class": c, "accuracy": a, "support": int(n)}
+               for (c, a), n in zip(per_class.items(), support)])
+    save_figure(confusion_figure(ev.confusion, data.classes), out_dir / "confusion.png")
+
+    run = trained.run(params.tracking.enabled)
+    if run is not None:
+        run.log_metrics({"test/accuracy": ev.accuracy, "test/loss": ev.loss,
+                         **{f"test/accuracy/{c}": a for c, a in per_class.items()}})
+        run.log_artifact(out_dir / "confusion.png", "figures")
+        run.log_artifact(out_dir / "per_class.csv", "evaluation")
+        run.log_artifact(metrics_path, "evaluation")
+    print(f"test accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f} on {len(test)} images "
+          f"-> {metrics_path}")
+    return ev.metrics()

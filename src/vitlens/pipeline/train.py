@@ -1,0 +1,83 @@
+"""The train stage's work: the prepared data -> the model file and its per-epoch history, in
+an MLflow run that a checkpointed, resumed run continues; the model logged and registered."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from vitlens import distributed, tracking
+from vitlens.checkpoint import checkpoint_digest, load_checkpoint
+from vitlens.cifar import Cifar10, load_arrays
+from vitlens.config import Params
+from vitlens.device import pick_device
+from vitlens.distributed import Dist
+from vitlens.io import atomic_path, write_csv
+from vitlens.model import model_record
+from vitlens.serving import to_pixels
+from vitlens.trained import load_trained
+from vitlens.training import train
+
+
+def start_run(params: Params, previous_run_id: str, device: str,
+              commit: str) -> tracking.Run | None:
+    if not params.tracking.enabled:
+        return None
+    if previous_run_id:
+        run = tracking.open_run(previous_run_id)
+        run.reopen()
+        return run
+    tags = {"git_commit": commit, "device": device,
+            "torch_version": torch.__version__, **tracking.dvc_tags()}
+    run = tracking.create_run(params.tracking.experiment, os.environ.get("DVC_EXP_NAME"), tags)
+    run.log_params(params.flat())
+    return run
+
+
+def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
+                 checkpoint: Path) -> None:
+    """Train and write the outputs; under torchrun every rank trains, rank 0 alone writes."""
+    data = load_arrays(data_path)
+    state = load_checkpoint(checkpoint, checkpoint_digest(params))
+    device = pick_device(params.train.device)
+    dist, wrap = distributed.setup(device.type)
+    try:
+        if dist.main:
+            commit = tracking.git_commit()
+            run = start_run(params, state["run_id"] if state else "", str(device), commit)
+            if run is not None and state is not None:
+                run.log_missing_epochs(state["history"])
+            with tracking.finishing(run):
+                train_and_write(params, data, state, dist, wrap, run, out, history_path,
+                                 checkpoint, commit)
+        else:
+            train(params, data, checkpoint=checkpoint, state=state, dist=dist, wrap=wrap)
+    finally:
+        distributed.teardown()
+
+
+def train_and_write(params: Params, data: Cifar10, state: dict | None, dist: Dist,
+                     wrap: Callable, run: tracking.Run | None, out: Path, history_path: Path,
+                     checkpoint: Path, commit: str) -> None:
+    result = train(params, data, checkpoint=checkpoint, state=state, dist=dist, run=run,
+                   wrap=wrap)
+    record = model_record(result.model, params, data.classes, mean=result.norm.mean,
+                          std=result.norm.std, history=result.history, git_commit=commit,
+                          run_id=run.id if run else None)
+    with atomic_path(out) as tmp:
+        torch.save(record, tmp)
+    write_csv(history_path, result.history)
+    model_uri = None
+    if run is not None:
+        run.log_artifact(history_path, "history")
+        if params.tracking.log_model:
+            # Exported from the file just written, on the CPU: the served model is model.pt.
+            # Two real test images: a batch of one would fix the exported batch size at 1.
+            model_uri = run.log_model(load_trained(out, "cpu").pixel_classifier(),
+                                      to_pixels(data.x_test[:2]), classes=data.classes,
+                                      registered_model=params.tracking.registered_model)
+    checkpoint.unlink(missing_ok=True)
+    print(f"wrote {out} and {history_path}" + (f"; MLflow run {run.id}" if run else "")
+          + (f", model {model_uri}" if model_uri else ""))

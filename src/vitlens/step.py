@@ -1,0 +1,104 @@
+"""One training step and what it needs: the lr schedule, per-epoch seeding, the augmented
+batch, AdamW and the step itself, and running sums that never sync the host. The training
+loop (vitlens.training), the bench and the profiler all run this same step."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitlens.config import TrainConfig
+from vitlens.data import CropFlip, Normalizer, Split
+from vitlens.device import autocast
+from vitlens.distributed import Dist
+from vitlens.errors import VitlensError
+from vitlens.model import param_groups
+
+
+def lr_at(step: int, *, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Linear warmup over `warmup` steps (lr/warmup at step 0, lr at step warmup - 1), then
+    cosine decay to min_lr; no warmup starts the decay at lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def seed_epoch(seed: int, epoch: int, rank: int, gens: dict[str, torch.Generator]) -> None:
+    """Seed everything random in an epoch from (seed, epoch, rank) alone, so a resumed run
+    repeats an uninterrupted one exactly on every rank without saving RNG states. The data
+    order is the same on every rank (each takes its own shard of it); crops, flips, dropout
+    and drop-path differ per rank."""
+    base = seed * 1_000_003 + epoch * 1_009
+    gens["order"].manual_seed(base)
+    gens["augment"].manual_seed(base + 1 + rank)
+    torch.manual_seed(base + 101 + rank)
+
+
+class EpochStats:
+    """Running sums kept on the device, so the hot loop never waits on a host sync (the image
+    count lives on the host: a tensor made from it each step would be a blocking copy)."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss * n, correct
+        self.n = 0
+
+    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        self.sums += torch.stack([loss.detach().double() * y.numel(),
+                                  (logits.argmax(1) == y).sum().double()])
+        self.n += y.numel()
+
+    def accuracy(self) -> float:
+        return self.sums[1].item() / self.n
+
+    def result(self, dist: Dist) -> tuple[float, float]:
+        totals = torch.cat([self.sums, self.sums.new_tensor([self.n])])
+        loss_sum, correct, n = dist.reduce(totals).tolist()
+        if not math.isfinite(loss_sum):
+            raise VitlensError("training loss became NaN or infinite; lower train.lr or "
+                               "raise train.warmup_epochs")
+        return loss_sum / n, correct / n
+
+
+def check_finite(loss: Tensor, epoch: int, step: int) -> float:
+    value = loss.item()
+    if not math.isfinite(value):
+        raise VitlensError(f"training loss is {value} (NaN or infinite) at epoch {epoch} step {step}; "
+                           "lower train.lr or raise train.warmup_epochs")
+    return value
+
+
+def batch_maker(split: Split, norm: Normalizer, t: TrainConfig,
+                augment: torch.Generator) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """Indices -> (cropped, flipped, normalised images, labels) of `split`: the training input."""
+    crop_flip = CropFlip(split.x, padding=t.crop_padding, flip=t.flip)
+
+    def batch(idx: Tensor) -> tuple[Tensor, Tensor]:
+        return norm(crop_flip(idx, augment)), split.y[idx]
+    return batch
+
+
+def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, decay on weight matrices only; the fused kernel where there is one (one
+    launch per step on CUDA instead of one per op)."""
+    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.999),
+                             fused=device.type in ("cuda", "cpu"))
+
+
+def optimizer_step(fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor,
+                   y: Tensor, t: TrainConfig, device: torch.device) -> tuple[Tensor, Tensor]:
+    """One step on (x, y): autocast forward through `fwd` (the model, maybe wrapped),
+    label-smoothed loss in fp32, backward, clipping, AdamW; returns (loss, logits), left on
+    the device: reading them is a host sync."""
+    with autocast(device):
+        logits = fwd(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if t.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    opt.step()
+    return loss, logits
