@@ -186,6 +186,8 @@ def shrink(raw: dict, archive: Archive) -> dict:
     raw["evaluate"].update(batch_size=64)
     raw["visualize"].update(num_images=4, distance_images=48)
     raw["faithfulness"].update(images=12, steps=8, batch_size=8, bootstrap=200, show_images=2)
+    raw["report"].update(images=12, class_images=60, batch_size=16)
+    raw["train"].update(snapshot_images=4)
     raw["tracking"].update(experiment="tests", log_model=True)
     return raw
 

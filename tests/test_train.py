@@ -230,3 +230,65 @@ def test_resumed_run_logs_each_epoch_once_and_takes_the_new_experiments_tags(mlf
     run.reopen()  # resumed by a plain `dvc repro`: no experiment any more
     assert "dvc_exp_name" not in client.get_run(run.id).data.tags
     run.finish("FINISHED")
+
+
+def test_checkpoint_digest_covers_only_what_changes_the_weights(tiny_params, tmp_path):
+    """A local copy of the same archive (same MD5), threads or compile settings keep the
+    checkpoint; anything that changes the trained weights throws it away."""
+    base = checkpoint.checkpoint_digest(tiny_params())
+    same = [{"data.url": str(tmp_path / "copy.tar.gz")}, {"data.retries": 0}, {"data.timeout_s": 1.0},
+            {"train.threads": 1}, {"train.compile": True},
+            {"train.compile": True, "train.compile_mode": "reduce-overhead"}]
+    for change in same:
+        assert checkpoint.checkpoint_digest(tiny_params(**change)) == base, change
+    other = [{"data.md5": "0" * 32}, {"data.val_seed": 1}, {"data.train_subset": 100},
+             {"model.dim": 48}, {"train.lr": 0.001}, {"train.epochs": 4}, {"train.seed": 1},
+             {"train.batch_size": 16}, {"train.flip": False}, {"train.nproc": 2}]
+    for change in other:
+        assert checkpoint.checkpoint_digest(tiny_params(**change)) != base, change
+
+
+def test_a_checkpoint_resumes_under_a_local_copy_and_other_threads(tiny_params, cifar_npz, tmp_path,
+                                                                  monkeypatch, capsys):
+    p = tiny_params(**{"tracking.enabled": False})
+    crash_after(monkeypatch, 1)
+    with pytest.raises(Crash):
+        stage(p, cifar_npz, tmp_path)
+    monkeypatch.undo()
+    moved = tiny_params(**{"tracking.enabled": False, "data.url": str(tmp_path / "copy.tar.gz"),
+                           "train.threads": 1})
+    stage(moved, cifar_npz, tmp_path)
+    assert "resuming from" in capsys.readouterr().out
+
+
+def test_snapshots_keep_every_epoch_and_survive_a_resume(tiny_params, cifar_npz, tmp_path,
+                                                         monkeypatch):
+    from vitlens.explain.maps import compute_maps
+
+    p = tiny_params(**{"tracking.enabled": False, "train.snapshot_images": 3})
+    straight = stage(p, cifar_npz, tmp_path / "straight")["snapshots"]
+    assert straight["epochs"] == [1, 2, 3] and straight["images"].shape == (3, 3, 32, 32)
+    assert straight["rollout"].shape == (3, 3, 8, 8) and straight["heads"].shape == (3, 3, 2, 8, 8)
+    assert not torch.equal(straight["rollout"][0], straight["rollout"][-1])  # the maps move
+    trained = load_trained(tmp_path / "straight" / "models" / "model.pt", "cpu")
+    last = compute_maps(trained.vit, trained.norm(straight["images"]), grad=False)
+    torch.testing.assert_close(straight["rollout"][-1].float(), last.rollout, atol=1e-3, rtol=1e-2)
+
+    crash_after(monkeypatch, 2)
+    with pytest.raises(Crash):
+        stage(p, cifar_npz, tmp_path / "resumed")
+    monkeypatch.undo()
+    resumed = stage(p, cifar_npz, tmp_path / "resumed")["snapshots"]
+    assert resumed["epochs"] == [1, 2, 3]
+    torch.testing.assert_close(resumed["rollout"], straight["rollout"])
+
+
+def test_snapshots_are_logged_as_a_stepped_image(tiny_params, cifar_npz, tmp_path, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    rec = stage(tiny_params(**{"train.epochs": 2}), cifar_npz, tmp_path)
+    paths = [a.path for a in MlflowClient().list_artifacts(rec["mlflow_run_id"], "images")]
+    # MLflow names them images/<key, / as ~>+step+<step>+timestamp+...png (plus a thumbnail)
+    steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in paths
+                   if p.startswith("images/attention~rollout+step+") and p.endswith(".png"))
+    assert steps == [1, 2], paths

@@ -76,6 +76,7 @@ class TrainConfig:
     compile_mode: str = spec(choices=COMPILE_MODES)
     threads: int = spec(ge=0)
     nproc: int = spec(ge=1)
+    snapshot_images: int = spec(ge=0, le=64)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,16 @@ class FaithfulnessConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    images: int = spec(ge=1, le=1000)
+    seed: int = spec(ge=0)
+    layers: list[int] = spec()
+    heads: list[int] = spec()
+    class_images: int = spec(ge=1)
+    batch_size: int = spec(ge=1)
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = spec()
     experiment: str = spec()
@@ -124,6 +135,7 @@ class Params:
     evaluate: EvaluateConfig
     visualize: VisualizeConfig
     faithfulness: FaithfulnessConfig
+    report: ReportConfig
     tracking: TrackingConfig
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +238,11 @@ def _cross_checks(p: Params) -> None:
     f = p.faithfulness
     if not f.methods or len(set(f.methods)) < len(f.methods):
         raise ConfigError(f"faithfulness.methods={f.methods!r} must name each method once, at least one")
+    r = p.report
+    for key, chosen, top in (("layers", r.layers, m.depth), ("heads", r.heads, m.heads)):
+        if any(not 1 <= i <= top for i in chosen) or len(set(chosen)) < len(chosen):
+            raise ConfigError(f"report.{key}={chosen!r} must name each of 1-{top} at most once "
+                              "([] = all)")
     if f.blur_kernel % 2 == 0:
         raise ConfigError(f"faithfulness.blur_kernel={f.blur_kernel} must be odd")
 

@@ -25,6 +25,7 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from vitlens.errors import VitlensError, first_line  # noqa: E402
+from vitlens.tracking_retry import retry, unreachable  # noqa: E402
 
 
 def project_root() -> Path:
@@ -49,49 +50,6 @@ def git_commit(cwd: str | os.PathLike = ".") -> str:
         why = (out.stderr.strip().splitlines() or ["git rev-parse HEAD failed"])[0]
     print(f"warning: no git commit to record for {Path(cwd).resolve()}: {why}", file=sys.stderr)
     return ""
-
-
-def _unreachable(e: BaseException) -> bool:
-    """Whether `e` (or what it wraps) is a network failure: MLflow's REST client raises an
-    MlflowException whose context is the requests ConnectionError or timeout."""
-    import requests
-
-    cur: BaseException | None = e
-    while cur is not None:
-        if isinstance(cur, (requests.RequestException, ConnectionError, TimeoutError)):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
-
-
-def sqlite_locked(e: BaseException) -> bool:
-    """Whether `e` is SQLite's "database is locked" (another writer holds the store): an
-    OperationalError saying so in its cause chain, or MLflow's wrapping of one, which keeps
-    only SQLAlchemy's rendering of it ("(sqlite3.OperationalError) database is locked")."""
-    cur: BaseException | None = e
-    while cur is not None:
-        text = str(cur)
-        if type(cur).__name__ == "OperationalError" and "database is locked" in text:
-            return True
-        if "(sqlite3.OperationalError) database is locked" in text:
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
-
-
-LOCK_RETRIES = 8  # waits of 0.2 s doubling: about 51 s in all before a lock error is raised
-
-
-def _retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """`fn(*args, **kwargs)`, retried while SQLite is locked by another writer (parallel
-    queued experiments share one store); any other error is raised at once."""
-    for attempt in range(LOCK_RETRIES):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - only lock errors are retried
-            if not sqlite_locked(e) or attempt == LOCK_RETRIES - 1:
-                raise
-            time.sleep(0.2 * 2**attempt)
 
 
 EPOCH_METRICS = {"train_loss": "train/loss", "train_acc": "train/accuracy", "val_loss": "val/loss",
@@ -119,7 +77,7 @@ class Run:
             try:
                 return call()
             except Exception as e:  # noqa: BLE001 - anything but a network failure is re-raised
-                if not _unreachable(e):
+                if not unreachable(e):
                     raise
                 print(f"warning: MLflow at {tracking_uri()} is unreachable ({first_line(e)}); "
                       f"going on without logging to run {self.id}", file=sys.stderr, flush=True)
@@ -130,7 +88,7 @@ class Run:
         from mlflow.entities import Param
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self._log("params", partial(_retry, self.client.log_batch, self.id,
+            self._log("params", partial(retry, self.client.log_batch, self.id,
                                         params=items[i:i + 100]))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -138,11 +96,17 @@ class Run:
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
         what = f"epoch {step} metrics" if step else "metrics"
-        self._log(what, lambda: _retry(self.client.log_batch, self.id, metrics=items))
+        self._log(what, lambda: retry(self.client.log_batch, self.id, metrics=items))
 
     def log_artifact(self, path: str | os.PathLike, artifact_dir: str) -> None:
         self._log(f"{artifact_dir}/{Path(path).name}",
-                  lambda: _retry(self.client.log_artifact, self.id, str(path), artifact_dir))
+                  lambda: retry(self.client.log_artifact, self.id, str(path), artifact_dir))
+
+    def log_image(self, image: Any, *, key: str, step: int) -> None:
+        """A uint8 (H, W, 3) array as the `key` image of `step`: the MLflow UI shows a slider."""
+        self._log(f"image {key} of step {step}",
+                  lambda: retry(self.client.log_image, self.id, image, key=key, step=step,
+                                 synchronous=True))
 
     def log_model(self, model: Any, example: Any, *, classes: list[str],
                   registered_model: str) -> str | None:
@@ -166,7 +130,7 @@ class Run:
             # No `mlflow.start_run`, whose exit would mark the run FINISHED mid-stage: the
             # model is created in the run's experiment (without an active run MLflow would
             # pick the default one) and run_id goes through to mlflow.models.Model.log.
-            run = _retry(self.client.get_run, self.id)
+            run = retry(self.client.get_run, self.id)
             logged = mlflow.initialize_logged_model(
                 name="model", source_run_id=self.id, experiment_id=run.info.experiment_id,
                 params=dict(run.data.params))
@@ -185,24 +149,24 @@ class Run:
     def reopen(self) -> None:
         """Mark a resumed run RUNNING again (it was left KILLED or FAILED) and point its DVC
         tags at the experiment resuming it, not the one that started it."""
-        _retry(self.client.update_run, self.id, status="RUNNING")
+        retry(self.client.update_run, self.id, status="RUNNING")
         now = dvc_tags()
         for name in (n.lower() for n in DVC_VARIABLES):
             if name in now:
-                _retry(self.client.set_tag, self.id, name, now[name])
-            elif name in _retry(self.client.get_run, self.id).data.tags:
-                _retry(self.client.delete_tag, self.id, name)
+                retry(self.client.set_tag, self.id, name, now[name])
+            elif name in retry(self.client.get_run, self.id).data.tags:
+                retry(self.client.delete_tag, self.id, name)
 
     def log_missing_epochs(self, rows: list[dict[str, float]]) -> None:
         """Log the history rows whose epoch the store lacks: a run killed between its
         checkpoint and its metrics resumes with each epoch logged exactly once."""
-        logged = {m.step for m in _retry(self.client.get_metric_history, self.id, "val/loss")}
+        logged = {m.step for m in retry(self.client.get_metric_history, self.id, "val/loss")}
         for row in rows:
             if int(row["epoch"]) not in logged:
                 self.log_metrics(epoch_metrics(row), step=int(row["epoch"]))
 
     def finish(self, status: str) -> None:
-        self._log(f"status {status}", lambda: _retry(self.client.set_terminated, self.id, status))
+        self._log(f"status {status}", lambda: retry(self.client.set_terminated, self.id, status))
         if self.lost:
             print(f"warning: not logged to MLflow run {self.id} at {tracking_uri()}: "
                   f"{', '.join(self.lost)}", file=sys.stderr, flush=True)
@@ -219,7 +183,7 @@ def client() -> Any:
 
 
 def experiment_id(client: Any, name: str) -> str:
-    exp = _retry(client.get_experiment_by_name, name)
+    exp = retry(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
     # A server keeps the artifacts where it is told to (proxied through it by default); a
@@ -227,9 +191,9 @@ def experiment_id(client: Any, name: str) -> str:
     remote = tracking_uri().startswith(("http://", "https://"))
     artifacts = None if remote else (project_root() / "mlartifacts").as_uri()
     try:
-        return _retry(client.create_experiment, name, artifact_location=artifacts)
+        return retry(client.create_experiment, name, artifact_location=artifacts)
     except Exception:  # noqa: BLE001 - another process may have created it first
-        exp = _retry(client.get_experiment_by_name, name)
+        exp = retry(client.get_experiment_by_name, name)
         if exp is None:
             raise
         return exp.experiment_id
@@ -239,10 +203,10 @@ def create_run(experiment: str, run_name: str | None, tags: dict[str, Any]) -> R
     mc = client()
     try:
         exp_id = experiment_id(mc, experiment)
-        run = _retry(mc.create_run, exp_id, run_name=run_name,
+        run = retry(mc.create_run, exp_id, run_name=run_name,
                      tags={k: str(v) for k, v in tags.items()})
     except Exception as e:  # noqa: BLE001 - only a network failure becomes a one-line error
-        if not _unreachable(e):
+        if not unreachable(e):
             raise
         raise VitlensError(f"MLflow at {tracking_uri()} is unreachable ({first_line(e)}): start "
                            "it, fix MLFLOW_TRACKING_URI, or set tracking.enabled=false") from None
@@ -251,9 +215,9 @@ def create_run(experiment: str, run_name: str | None, tags: dict[str, Any]) -> R
 
 def _get_run(client: Any, run_id: str) -> Any:
     try:
-        return _retry(client.get_run, run_id)
+        return retry(client.get_run, run_id)
     except Exception as e:  # noqa: BLE001 - MlflowException for a run the store lacks
-        what = "cannot be read from an unreachable" if _unreachable(e) else "not found in"
+        what = "cannot be read from an unreachable" if unreachable(e) else "not found in"
         raise VitlensError(f"MLflow run {run_id} {what} {tracking_uri()}: {first_line(e)}") from None
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,15 @@ from vitlens.tracking import epoch_metrics
 VAL_BATCH = 500  # images per validation forward pass (a memory bound, not a hyperparameter)
 SYNC_EVERY = 20  # steps between the progress bar's host syncs: rare enough not to stall a GPU
 ETA_STEP = 20  # the first epoch's step after which the whole run's time is estimated
+
+
+class EpochHook(Protocol):
+    """Something the loop runs after every epoch's validation, whose state the checkpoint
+    keeps (vitlens.explain.snapshots.AttentionSnapshots)."""
+
+    def after_epoch(self, epoch: int, model: ViT, norm: Normalizer) -> None: ...
+    def state(self) -> dict[str, Any]: ...
+    def restore(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -167,12 +176,14 @@ def epoch_line(row: dict[str, float], epochs: int, eta_s: float) -> str:
 
 def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None = None,
           dist: Dist | None = None, run: Any = None,
-          wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> TrainResult:
+          wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+          hook: EpochHook | None = None) -> TrainResult:
     """Train the ViT described by `params` on `data`, continuing from `state` (a checkpoint
     from load_checkpoint) when given, and checkpointing to `checkpoint` after every epoch.
 
     `run` (a tracking.Run or None) receives per-epoch metrics; `wrap` wraps the model for
-    the forward/backward pass (DistributedDataParallel); only the main process writes.
+    the forward/backward pass (DistributedDataParallel); only the main process writes, and
+    runs `hook` after each epoch's validation.
     """
     dist = dist or Dist()
     t = params.train
@@ -180,6 +191,8 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
     start_epoch, step, history = resume(s, state)
     if state is not None and dist.main:
         print(f"resuming from {checkpoint} after epoch {start_epoch}")
+        if hook is not None:
+            hook.restore(state)
     fwd = forward_module(s.model, t, wrap)
     batch = batch_maker(s.train_split, s.norm, t, s.gens["augment"])
     digest = checkpoint_digest(params)
@@ -202,12 +215,15 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
                "images_per_second": s.steps_per_epoch * t.batch_size / train_seconds}
         history.append(row)
         if dist.main:
+            if hook is not None:
+                hook.after_epoch(epoch, s.model, s.norm)
             mean_s = statistics.mean(r["epoch_seconds"] for r in history[start_epoch:])
             print(epoch_line(row, t.epochs, mean_s * (t.epochs - epoch)), flush=True)
             # Checkpoint, then log: a kill in between leaves the epoch unlogged, and the
             # resumed run logs what its checkpoint holds but the store lacks (exactly once).
             save_checkpoint(checkpoint_state(s.model, s.opt, epoch, step, history, digest,
-                                             run.id if run is not None else None), checkpoint)
+                                             run.id if run is not None else None,
+                                             hook.state() if hook is not None else None), checkpoint)
             if run is not None:
                 run.log_metrics(epoch_metrics(row), step=epoch)
     return TrainResult(s.model, history, s.norm, s.device)

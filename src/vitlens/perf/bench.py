@@ -70,7 +70,7 @@ def settings(args: argparse.Namespace, params: Params, device: torch.device) -> 
     return s
 
 
-# --- 1. train step: our ViT vs timm ---------------------------------------------------------
+# --- 1. train step: our ViT vs timm (2, the data pipeline: vitlens.perf.bench_data) ---
 
 def import_timm() -> Any:
     try:
@@ -124,7 +124,7 @@ def bench_models(params: Params, s: Settings, device: torch.device) -> dict[str,
     return out
 
 
-# --- 3. CUDA: a 20-epoch estimate, eager vs torch.compile -------------------------------------
+# --- 3. CUDA: a 20-epoch estimate, eager vs torch.compile ---
 
 def bench_epochs(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
     if device.type != "cuda":

@@ -6,14 +6,17 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vitlens import distributed, tracking
 from vitlens.checkpoint import checkpoint_digest, load_checkpoint
 from vitlens.cifar import Cifar10, load_arrays
 from vitlens.config import Params
+from vitlens.data import split_train_val
 from vitlens.device import pick_device
 from vitlens.distributed import Dist
+from vitlens.explain.snapshots import AttentionSnapshots
 from vitlens.io import atomic_path, write_csv
 from vitlens.model import model_record
 from vitlens.serving import to_pixels
@@ -58,14 +61,26 @@ def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
         distributed.teardown()
 
 
+def snapshots(params: Params, data: Cifar10, run: tracking.Run | None) -> AttentionSnapshots | None:
+    """The epoch hook that keeps the maps of the first train.snapshot_images validation
+    images (the validation split is seeded, so they are a fixed random choice); None for 0."""
+    n = params.train.snapshot_images
+    if not n:
+        return None
+    d = params.data
+    _, (x_val, y_val) = split_train_val(data, val_size=d.val_size, seed=d.val_seed, subset=d.train_subset)
+    return AttentionSnapshots(np.ascontiguousarray(x_val[:n]), [int(y) for y in y_val[:n]], run=run)
+
+
 def train_and_write(params: Params, data: Cifar10, state: dict | None, dist: Dist,
                      wrap: Callable, run: tracking.Run | None, out: Path, history_path: Path,
                      checkpoint: Path, commit: str) -> None:
+    hook = snapshots(params, data, run)
     result = train(params, data, checkpoint=checkpoint, state=state, dist=dist, run=run,
-                   wrap=wrap)
+                   wrap=wrap, hook=hook)
     record = model_record(result.model, params, data.classes, mean=result.norm.mean,
                           std=result.norm.std, history=result.history, git_commit=commit,
-                          run_id=run.id if run else None)
+                          run_id=run.id if run else None, extra=hook.state() if hook else None)
     with atomic_path(out) as tmp:
         torch.save(record, tmp)
     write_csv(history_path, result.history)

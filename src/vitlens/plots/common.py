@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -88,3 +89,17 @@ def colorbar(fig: Figure, norm: Normalize, ax: Axes | list[Axes],
     bar = fig.colorbar(ScalarMappable(norm, MAP_CMAP), ax=ax, shrink=0.9, aspect=15)
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
+
+
+def overlay_strip(images: np.ndarray, maps: np.ndarray, *, scale: int = 4) -> np.ndarray:
+    """uint8 (S*scale, n*S*scale, 3): each image with its map blended on top, side by side; a
+    plain array (no Figure), cheap enough to log every epoch. Each map is scaled to its max."""
+    check_images(images)
+    check_maps(images, maps)
+    peak = np.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-12)
+    colour = colormaps[MAP_CMAP](maps / peak)[..., :3]  # (n, S, S, 3) in [0, 1]
+    base = images.transpose(0, 2, 3, 1) / 255.0
+    blend = (1 - MAP_ALPHA) * base + MAP_ALPHA * colour
+    strip = np.concatenate(list(blend), axis=1)  # (S, n*S, 3)
+    strip = strip.repeat(scale, axis=0).repeat(scale, axis=1)
+    return (strip * 255).round().astype(np.uint8)
