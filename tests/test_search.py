@@ -1,5 +1,7 @@
 """The recipe search: candidates validated before any training, run in order within the
 budget, chosen on validation accuracy, and only the winner tested."""
+import copy
+
 import pytest
 import yaml
 
@@ -128,3 +130,14 @@ def test_candidates_that_would_not_fit_the_budget_are_skipped(tmp_path):
                                 {"big": 0.99, "small": 0.6})
     assert trained == ["small"] and r["best"] == BASELINE
     assert check.get("search_big")["skipped"].startswith("needs ~120s")
+
+
+def test_cost_counts_the_images_an_epoch_trains_on(params_dict):
+    from vitlens.gpucheck.search import relative_cost
+
+    half = copy.deepcopy(params_dict)
+    half["data"]["train_subset"] = (50_000 - params_dict["data"]["val_size"]) // 2
+    assert relative_cost(half, params_dict) == pytest.approx(0.5, rel=0.01)
+    more_val = copy.deepcopy(params_dict)
+    more_val["data"]["val_size"] = 25_000
+    assert relative_cost(more_val, params_dict) == pytest.approx(25_000 / 45_000, rel=0.01)

@@ -292,3 +292,20 @@ def test_snapshots_are_logged_as_a_stepped_image(tiny_params, cifar_npz, tmp_pat
     steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in paths
                    if p.startswith("images/attention~rollout+step+") and p.endswith(".png"))
     assert steps == [1, 2], paths
+
+
+def test_the_gpu_sized_default_on_a_cpu_says_so_before_training(params_dict, capsys):
+    from vitlens.config import parse_params
+    from vitlens.pipeline.train import CPU_PRESET, warn_if_gpu_sized
+
+    default = parse_params(params_dict)
+    warn_if_gpu_sized(default, torch.device("cpu"), 50_000)
+    line = capsys.readouterr().out
+    assert line.startswith("note: training on a CPU a model sized for a GPU") and "make repro-cpu" in line
+    assert all(f"-S {k}={v}" in line for k, v in CPU_PRESET.items())
+    warn_if_gpu_sized(default, torch.device("cuda"), 50_000)
+    for key, value in CPU_PRESET.items():
+        section, name = key.split(".")
+        params_dict[section][name] = value
+    warn_if_gpu_sized(parse_params(params_dict), torch.device("cpu"), 50_000)
+    assert capsys.readouterr().out == ""

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from vitlens.checkpoint import checkpoint_digest, checkpoint_state, save_checkpoint
-from vitlens.cifar import Cifar10
+from vitlens.cifar import TRAIN_IMAGES, Cifar10
 from vitlens.config import Params, TrainConfig
 from vitlens.data import (
     Normalizer,
@@ -96,6 +96,14 @@ def _train_epoch(bar: tqdm, fwd: nn.Module, model: nn.Module, opt: torch.optim.O
 def format_seconds(s: float) -> str:
     """`95 s`, `12.5 min` or `1.6 h`: the unit a person reads an ETA in."""
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def epoch_images(p: Params, train_images: int = TRAIN_IMAGES) -> int:
+    """Images one epoch trains on: what the validation split and data.train_subset leave of
+    `train_images`, in whole batches (the train stage drops the last partial one)."""
+    n = train_images - p.data.val_size
+    n = min(n, p.data.train_subset) if p.data.train_subset else n
+    return n // p.train.batch_size * p.train.batch_size
 
 
 def device_splits(params: Params, data: Cifar10,

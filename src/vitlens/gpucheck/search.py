@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from vitlens.cifar import TRAIN_IMAGES
-from vitlens.config import ConfigError, Params, parse_params, set_key
+from vitlens.config import ConfigError, parse_params, set_key
 from vitlens.gpucheck.runner import Check
 from vitlens.model import train_flops_per_image
 from vitlens.perf.bench_report import markdown_table
+from vitlens.training import epoch_images
 
 BASELINE = "default"  # the checked params themselves, trained before the candidates
 
@@ -36,14 +36,6 @@ class Candidate:
     changes: dict[str, Any]  # {"model.patch_size": 2, ...}
     raw: dict[str, Any]      # the whole params with the changes, validated
     cost: float              # training FLOPs relative to the baseline's
-
-
-def epoch_images(p: Params, train_images: int = TRAIN_IMAGES) -> int:
-    """Images one epoch trains on: what the validation split and data.train_subset leave of
-    `train_images`, in whole batches (the train stage drops the last partial one)."""
-    n = train_images - p.data.val_size
-    n = min(n, p.data.train_subset) if p.data.train_subset else n
-    return n // p.train.batch_size * p.train.batch_size
 
 
 def relative_cost(raw: dict[str, Any], base: dict[str, Any]) -> float:

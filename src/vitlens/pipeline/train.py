@@ -12,16 +12,16 @@ import torch
 from vitlens import distributed, tracking
 from vitlens.checkpoint import checkpoint_digest, load_checkpoint
 from vitlens.cifar import Cifar10, load_arrays
-from vitlens.config import Params
+from vitlens.config import Params, parse_params
 from vitlens.data import split_train_val
 from vitlens.device import pick_device
 from vitlens.distributed import Dist
 from vitlens.explain.snapshots import AttentionSnapshots
 from vitlens.io import atomic_path, write_csv
-from vitlens.model import model_record
+from vitlens.model import model_record, train_flops_per_image
 from vitlens.serving import to_pixels
 from vitlens.trained import load_trained
-from vitlens.training import train
+from vitlens.training import epoch_images, train
 
 
 def start_run(params: Params, previous_run_id: str, device: str,
@@ -39,12 +39,41 @@ def start_run(params: Params, previous_run_id: str, device: str,
     return run
 
 
+CPU_PRESET = {"model.dim": 128, "model.depth": 6, "model.heads": 4, "model.drop_path": 0.0,
+              "train.batch_size": 128}  # make repro-cpu's model: under 45 min on 2 Zen 4 cores
+CPU_WARN_RATIO = 3.0  # warn on a CPU when a run costs this many times the CPU preset's FLOPs
+
+
+def training_flops(params: Params, train_images: int) -> float:
+    return (train_flops_per_image(params.model) * epoch_images(params, train_images)
+            * params.train.epochs)
+
+
+def warn_if_gpu_sized(params: Params, device: torch.device, train_images: int) -> None:
+    """On a CPU, a run many times the CPU preset's size says so before it starts: the default
+    is sized for a GPU, and a first `make repro` on a laptop would otherwise run for hours
+    before the first estimate."""
+    if device.type != "cpu":
+        return
+    raw = params.to_dict()
+    for key, value in CPU_PRESET.items():
+        section, name = key.split(".")
+        raw[section][name] = value
+    ratio = training_flops(params, train_images) / training_flops(parse_params(raw), train_images)
+    if ratio >= CPU_WARN_RATIO:
+        print(f"note: training on a CPU a model sized for a GPU: {ratio:.0f}x the FLOPs of the CPU "
+              f"preset ({training_flops(params, train_images) / 1e15:.1f} PFLOP); the estimate "
+              "after the first steps follows. For a CPU: make repro-cpu (dvc exp run "
+              + " ".join(f"-S {k}={v}" for k, v in CPU_PRESET.items()) + ")", flush=True)
+
+
 def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
                  checkpoint: Path) -> None:
     """Train and write the outputs; under torchrun every rank trains, rank 0 alone writes."""
     data = load_arrays(data_path)
     state = load_checkpoint(checkpoint, checkpoint_digest(params))
     device = pick_device(params.train.device)
+    warn_if_gpu_sized(params, device, len(data.y_train))
     dist, wrap = distributed.setup(device.type)
     try:
         if dist.main:
