@@ -244,7 +244,8 @@ def load_arrays(path: str | Path) -> Cifar10:
     except FileNotFoundError:
         raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
     except (KeyError, ValueError, OSError, EOFError, TypeError, zlib.error, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} is not a dataset written by the download stage: {e}") from None
+        raise DataError(f"{path} is not a dataset written by the download stage ({e}): rerun it "
+                        "(dvc repro -f download)") from None
 
 
 def prepare(url: str, md5: str, out: Path, *, retries: int, timeout_s: float) -> Cifar10:

@@ -205,7 +205,8 @@ def create_run(experiment: str, run_name: str | None, tags: dict[str, Any]) -> R
         exp_id = experiment_id(mc, experiment)
         run = retry(mc.create_run, exp_id, run_name=run_name,
                      tags={k: str(v) for k, v in tags.items()})
-    except Exception as e:  # noqa: BLE001 - only a network failure becomes a one-line error
+    except Exception as e:  # noqa: BLE001 - network and credential failures become one line
+        refused(e)
         if not unreachable(e):
             raise
         raise VitlensError(f"MLflow at {tracking_uri()} is unreachable ({first_line(e)}): start "
@@ -213,10 +214,24 @@ def create_run(experiment: str, run_name: str | None, tags: dict[str, Any]) -> R
     return Run(mc, run.info.run_id)
 
 
+def refused(e: BaseException) -> None:
+    """Raise a one-line VitlensError when a server with authentication turned the request
+    away (HTTP 401 or 403), before any training; the password is never part of it."""
+    code = getattr(e, "error_code", "")
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        what = f"user {who!r} is not allowed" if code == "PERMISSION_DENIED" else \
+            ("the credentials were refused" if who else "it needs credentials")
+        raise VitlensError(f"MLflow at {tracking_uri()}: {what} ({code}); set "
+                           "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the "
+                           "environment, or set tracking.enabled=false") from None
+
+
 def _get_run(client: Any, run_id: str) -> Any:
     try:
         return retry(client.get_run, run_id)
     except Exception as e:  # noqa: BLE001 - MlflowException for a run the store lacks
+        refused(e)
         what = "cannot be read from an unreachable" if unreachable(e) else "not found in"
         raise VitlensError(f"MLflow run {run_id} {what} {tracking_uri()}: {first_line(e)}") from None
 

@@ -10,7 +10,8 @@ where it is transparent, cropped to its central square and resized to the model'
 A file that cannot be read gets one line on stderr and the exit status is 1; the others are
 still predicted.
 
---out DIR writes one PNG per picture with the attention rollout over it. It needs the model
+--out DIR writes one PNG per picture with the attention rollout over it; --report DIR writes
+DIR/index.html, the offline attention explorer of every readable picture. Both need the model
 file: a logged MLflow model is a traced graph without the attention path.
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ from vitlens.explain.attention import upsample_map
 from vitlens.explain.maps import compute_maps
 from vitlens.plots.common import save_figure
 from vitlens.plots.figures import prediction_overlay
+from vitlens.report import data as explorer
+from vitlens.report.page import write_explorer
 from vitlens.trained import load_trained
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -192,13 +195,31 @@ def _overlay_path(out: Path, image: Path, taken: set[str]) -> Path:
     return out / name
 
 
+def write_report(model: FileModel, pixels: list[np.ndarray], names: list[str], folder: Path,
+                 batch_size: int) -> Path:
+    """The explorer of the user's pictures (uint8 (S, S, 3) each) in folder/index.html: their
+    predictions, every map, head and model views; no class means, training or run facts."""
+    x = np.stack(pixels).transpose(0, 3, 1, 2)
+    t = model.trained
+    doc = explorer.document(t, title=f"vitlens: {len(names)} pictures", kind="pictures",
+                            gallery=explorer.gallery(t, np.ascontiguousarray(x), names, [None] * len(names),
+                                                     layers=list(range(len(t.vit.blocks))),
+                                                     heads=list(range(t.params["model"]["heads"])),
+                                                     batch_size=batch_size))
+    out = folder / "index.html"
+    write_explorer(out, doc)
+    return out
+
+
 def run_predict(model: FileModel | MlflowModel, inputs: Sequence[Path], *, top_k: int = 3,
-                batch_size: int = 256, out: Path | None = None
+                batch_size: int = 256, out: Path | None = None, report: Path | None = None
                 ) -> tuple[list[Prediction], list[str]]:
     """Predictions for every readable picture in `inputs`, and one error line per bad input;
-    with `out`, one overlay PNG per picture there (FileModel only)."""
+    with `out`, one overlay PNG per picture there, with `report`, the explorer of them all in
+    report/index.html (FileModel only)."""
     files, errors = image_files(inputs)
     results: list[Prediction] = []
+    kept: list[np.ndarray] = []
     taken: set[str] = set()
     bar = tqdm(total=len(files), unit="img", desc="predict", disable=len(files) <= batch_size)
     for paths, x, pictures in _batches(files, model.size, batch_size, PICTURE_PX if out else 0,
@@ -207,6 +228,8 @@ def run_predict(model: FileModel | MlflowModel, inputs: Sequence[Path], *, top_k
         maps = model.maps(x) if out is not None and isinstance(model, FileModel) else None
         for i, (path, top) in enumerate(zip(paths, tops)):
             results.append(Prediction(str(path), top))
+            if report is not None:
+                kept.append(x[i])
             if maps is not None and out is not None:
                 dest = _overlay_path(out, path, taken)
                 save_figure(prediction_overlay(pictures[i], x[i].transpose(2, 0, 1), maps[i], top,
@@ -214,6 +237,9 @@ def run_predict(model: FileModel | MlflowModel, inputs: Sequence[Path], *, top_k
                 results[-1].overlay = str(dest)
         bar.update(len(paths))
     bar.close()
+    if report is not None and kept and isinstance(model, FileModel):
+        print(f"wrote {write_report(model, kept, [Path(r.image).name for r in results], report, batch_size)}",
+              file=sys.stderr)
     return results, errors
 
 
@@ -229,16 +255,18 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=3, help="classes shown per picture")
     ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
     ap.add_argument("--out", type=Path, help="write an attention overlay PNG per picture here")
+    ap.add_argument("--report", type=Path, metavar="DIR",
+                    help="write the attention explorer of the pictures to DIR/index.html")
     ap.add_argument("--batch-size", type=int, default=256, help="pictures per forward pass")
     args = ap.parse_args()
     if args.top_k < 1 or args.batch_size < 1:
         ap.error("--top-k and --batch-size must be >= 1")
-    if args.model_uri and args.out:
-        raise VitlensError("--out needs the model file (--model models/model.pt): the MLflow "
+    if args.model_uri and (args.out or args.report):
+        raise VitlensError("--out and --report need the model file (--model models/model.pt): the MLflow "
                            "model is a traced graph without the attention path")
     model = MlflowModel(args.model_uri) if args.model_uri else FileModel(args.model)
     results, errors = run_predict(model, args.images, top_k=args.top_k,
-                                  batch_size=args.batch_size, out=args.out)
+                                  batch_size=args.batch_size, out=args.out, report=args.report)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
     elif results:

@@ -1,0 +1,36 @@
+"""One self-contained HTML file: explorer.css and explorer.js inlined, the document as JSON in
+a script tag. No network: nothing is loaded from anywhere, so it opens from disk."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from vitlens.io import atomic_path
+
+HERE = Path(__file__).parent
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{css}</style></head>
+<body><div id="app">loading…</div>
+<script type="application/json" id="vitlens-data">{data}</script>
+<script>{js}</script>
+</body></html>
+"""
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The page of an explorer document (vitlens.report.data.document)."""
+    # "</" would end the script element early; "<\\/" is the same JSON string.
+    data = json.dumps(doc, separators=(",", ":")).replace("</", "<\\/")
+    return TEMPLATE.format(title=html.escape(doc["meta"]["title"]), data=data,
+                           css=(HERE / "explorer.css").read_text(), js=(HERE / "explorer.js").read_text())
+
+
+def write_explorer(path: str | Path, doc: dict[str, Any]) -> None:
+    """Write the page atomically: a reader never sees half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(render(doc), encoding="utf-8")
