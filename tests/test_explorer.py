@@ -1,0 +1,211 @@
+"""The attention explorer in real headless Chromium, network blocked: what the page shows after
+real clicks, hovers and key presses must equal what Python computed."""
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vitlens.data import Normalizer
+from vitlens.explain.maps import compute_maps
+from vitlens.model import ViT
+from vitlens.report import data as explorer
+from vitlens.report.page import render, write_explorer
+from vitlens.trained import Trained
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+GRID, HEADS, LAYERS, N_IMAGES = 4, 4, 2, 12
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    vit = ViT(image_size=32, patch_size=8, num_classes=10, dim=32, depth=LAYERS, heads=HEADS,
+              mlp_ratio=2.0).eval()
+    params = {"model": {"image_size": 32, "patch_size": 8, "depth": LAYERS, "heads": HEADS, "dim": 32},
+              "train": {"lr": 0.002}}
+    return Trained(vit=vit, norm=Normalizer([0.5] * 3, [0.25] * 3), classes=CLASSES, run_id="",
+                   params=params, record={"history": []}, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (N_IMAGES, 3, 32, 32), dtype=np.uint8)
+    truth = [int(t) for t in rng.integers(0, 3, N_IMAGES)]  # few classes: every one has several
+    snaps = {"epochs": [1, 2, 3], "images": torch.from_numpy(images[:2]), "truth": truth[:2],
+             "rollout": torch.rand(3, 2, GRID, GRID), "heads": torch.rand(3, 2, HEADS, GRID, GRID)}
+    return images, truth, snaps
+
+
+@pytest.fixture(scope="module")
+def doc(trained, inputs):
+    images, truth, snaps = inputs
+    history = [{"epoch": e, "train_loss": 2 - e / 3, "val_loss": 2.1 - e / 3, "train_acc": e / 4,
+                "val_acc": e / 5} for e in (1, 2, 3)]
+    trained.record["history"] = history
+    return explorer.document(
+        trained, title="test report", kind="run",
+        gallery=explorer.gallery(trained, images, [f"test #{i}" for i in range(N_IMAGES)], truth,
+                                 layers=[0, 1], heads=[0, 1, 2, 3], batch_size=5),
+        class_means=explorer.class_means(trained, images, truth, batch_size=5),
+        training=explorer.training(snaps),
+        facts=explorer.facts(trained, defaults={"model": {"dim": 384}, "train": {"lr": 0.001}},
+                             metrics={"accuracy": 0.5}, faithfulness=None, distance=None))
+
+
+@pytest.fixture(scope="module")
+def page(doc, tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)")
+    path = tmp_path_factory.mktemp("explorer") / "index.html"
+    write_explorer(path, doc)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+        blocked: list[str] = []
+
+        def block(route):  # everything but the file itself and its inline data
+            blocked.append(route.request.url)
+            route.abort()
+        ctx.route(re.compile(r"^(?!file:|data:|blob:).*"), block)
+        pg = ctx.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(path.as_uri())
+        pg.wait_for_function("window.vitlens && (window.vitlens.ready || window.vitlens.error)")
+        pg.blocked, pg.errors = blocked, errors
+        yield pg
+        browser.close()
+
+
+def shown(page, what):
+    return page.evaluate(f"window.vitlens.{what}")
+
+
+def pixel(page, canvas: str, x: float, y: float) -> list[int]:
+    return page.evaluate(f"""() => {{ const c = document.querySelector('{canvas}');
+        return Array.from(c.getContext('2d').getImageData({x}, {y}, 1, 1).data); }}""")
+
+
+def test_the_page_loads_with_no_error_and_no_network(page, doc):
+    assert page.errors == [] and page.blocked == []
+    assert shown(page, "ready") is True
+    html = render(doc)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+
+
+def test_hovering_a_patch_highlights_the_argmax_of_its_attention_row(page, trained, inputs, doc):
+    images, _, _ = inputs
+    k, layer, head = 3, 1, 2
+    page.locator(f"[data-testid=thumb][data-index='{k}']").click()
+    page.select_option("#layer", str(layer))
+    page.select_option("#head", str(head))
+    stored = explorer.unpack_attention(doc["images"]["attention"])  # what the page decodes
+    exact = compute_maps(trained.vit, trained.norm(torch.from_numpy(images)), grad=False).attns
+    # Off the diagonal (row != column, so a swapped mouse mapping shows), and a top weight
+    # unique after quantisation, so the argmax is well defined.
+    for p in (q for q in range(GRID * GRID) if q // GRID != q % GRID):
+        row = stored[k, layer, head, 1 + p, 1:]
+        if (row == row.max()).sum() == 1:
+            break
+    page.locator("#head-canvas").scroll_into_view_if_needed()
+    box = page.locator("#head-canvas").bounding_box()
+    cell = box["width"] / GRID
+    page.mouse.move(box["x"] + (p % GRID + 0.5) * cell, box["y"] + (p // GRID + 0.5) * cell)
+    assert shown(page, "state.token") == 1 + p
+    top = shown(page, "shown.top")
+    assert top == int(np.argmax(row))
+    np.testing.assert_allclose(shown(page, "shown.head"), row, atol=1e-6)
+    np.testing.assert_allclose(row, exact[layer][k, head, 1 + p, 1:].numpy(), atol=0.035)
+    # The drawn top-1 outline (#00e5ff) sits on that patch, in canvas pixels.
+    px = page.evaluate("document.querySelector('#head-canvas').width") / GRID
+    r, g, b, _ = pixel(page, "#head-canvas", (top % GRID) * px + 3, (top // GRID + 0.5) * px)
+    assert (r, g, b) == (0, 229, 255)
+
+
+def test_the_selected_maps_are_pythons(page, trained, inputs):
+    images, _, _ = inputs
+    k = 5
+    page.locator(f"[data-testid=thumb][data-index='{k}']").click()
+    m = compute_maps(trained.vit, trained.norm(torch.from_numpy(images[k:k + 1])))
+    for kind, want in [("rollout", m.rollout), ("grad_rollout", m.grad_rollout), ("head:1", m.heads[:, 1]),
+                       ("last_layer", m.last_layer)]:
+        page.select_option("#map-kind", kind)
+        got = np.array(shown(page, "shown.main.values"))
+        want = want[0].flatten().numpy()
+        np.testing.assert_allclose(got, want, atol=want.max() / 250, err_msg=kind)
+
+
+def test_the_class_means_are_the_mean_rollout_of_each_class(page, trained, inputs, doc):
+    images, truth, _ = inputs
+    rollout = compute_maps(trained.vit, trained.norm(torch.from_numpy(images)), grad=False).rollout
+    y = np.array(truth)
+    for c in range(len(CLASSES)):
+        got = np.array(shown(page, f"shown.classMean[{c}]"))
+        want = rollout[y == c].mean(dim=0).flatten().numpy() if (y == c).any() else np.zeros(GRID**2)
+        np.testing.assert_allclose(got, want, atol=max(want.max(), 1e-9) / 250, err_msg=CLASSES[c])
+        counts = page.locator(f"[data-testid=class-mean][data-class='{c}']").inner_text()
+        assert f"(n={(y == c).sum()})" in counts
+
+
+def test_the_epoch_slider_shows_each_epochs_stored_maps(page, inputs):
+    _, _, snaps = inputs
+    slider = page.locator("#epoch")
+    slider.focus()
+    previous = None
+    for e in range(3):
+        if e:
+            page.keyboard.press("ArrowRight")
+        got = np.array(shown(page, "shown.epoch.maps"))
+        assert shown(page, "shown.epoch.epoch") == e + 1
+        want = snaps["rollout"][e].reshape(2, -1).numpy()
+        np.testing.assert_allclose(got, want, atol=1 / 250)
+        if previous is not None:
+            assert not np.allclose(got, previous)
+        previous = got
+    assert "epoch 3 of 3" in page.locator("#epoch-label").inner_text()
+
+
+def test_filters_show_exactly_the_matching_images(page, inputs, doc):
+    _, truth, _ = inputs
+    pred = doc["images"]["pred"]
+    page.select_option("#filter-correct", "all")
+    for c in range(3):
+        page.select_option("#filter-class", str(c))
+        assert shown(page, "shown.gallery") == [k for k in range(N_IMAGES) if truth[k] == c]
+        assert page.locator("[data-testid=thumb]").count() == truth.count(c)
+    page.select_option("#filter-class", "all")
+    page.select_option("#filter-correct", "wrong")
+    wrong = [k for k in range(N_IMAGES) if truth[k] != pred[k]]
+    assert shown(page, "shown.gallery") == wrong and wrong
+    assert page.locator("[data-testid=thumb].wrong").count() == len(wrong)
+    page.select_option("#filter-correct", "all")
+
+
+def test_clicking_a_model_view_cell_opens_it_in_the_head_view(page, doc):
+    page.locator("[data-testid=model-cell][data-layer='0'][data-head='3']").click()
+    assert shown(page, "state.layer") == 0 and shown(page, "state.head") == 3
+    assert shown(page, "state.token") == 0  # the CLS query, as the cell drew it
+    k = shown(page, "state.k")
+    stored = explorer.unpack_attention(doc["images"]["attention"])
+    np.testing.assert_allclose(shown(page, "shown.head"), stored[k, 0, 3, 0, 1:], atol=1e-6)
+    assert page.locator("#layer").input_value() == "0" and page.locator("#head").input_value() == "3"
+
+
+def test_packing_round_trips_within_a_quantisation_step():
+    x = np.random.default_rng(1).random((3, 2, GRID, GRID))
+    back = explorer.unpack(explorer.pack(x))
+    assert np.abs(back - x).max() <= x.max() / 510 + 1e-9
+    a = torch.softmax(torch.randn(2, 3, 17, 17) * 3, dim=-1).numpy()
+    err = np.abs(explorer.unpack_attention(explorer.pack_attention(a)) - a)
+    assert (err <= np.sqrt(a) / 31 + 1 / 63**2).all()
+
+
+def test_the_page_is_one_file_with_its_json_safe_inside(doc):
+    html = render({**doc, "meta": {**doc["meta"], "title": "</script><b>x"}})
+    assert html.count("<script") == 2 and "</script><b>" not in html
