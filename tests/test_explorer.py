@@ -209,3 +209,71 @@ def test_packing_round_trips_within_a_quantisation_step():
 def test_the_page_is_one_file_with_its_json_safe_inside(doc):
     html = render({**doc, "meta": {**doc["meta"], "title": "</script><b>x"}})
     assert html.count("<script") == 2 and "</script><b>" not in html
+
+
+def explorer_doc(path: Path) -> dict:
+    """The document a written page carries."""
+    import json
+
+    text = path.read_text()
+    m = re.search(r'<script type="application/json" id="vitlens-data">(.*?)</script>', text, re.S)
+    return json.loads(m.group(1).replace("<\\/", "</"))
+
+
+def test_predict_writes_the_explorer_of_the_good_pictures(project, tmp_path, capsys):
+    from PIL import Image
+
+    from vitlens.cli.predict import FileModel, run_predict
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(pics / name)
+    (pics / "broken.png").write_text("not an image")
+    model = FileModel(project / "models/model.pt", "cpu")
+    results, errors = run_predict(model, [pics], report=tmp_path / "report")
+    assert [Path(e.split(": ")[0]).name for e in errors] == ["broken.png"]
+    doc = explorer_doc(tmp_path / "report" / "index.html")
+    assert doc["meta"]["kind"] == "pictures" and doc["images"]["labels"] == ["a.png", "b.jpg"]
+    assert doc["images"]["truth"] == [None, None]
+    assert [model.classes[p] for p in doc["images"]["pred"]] == [r.top[0][0] for r in results]
+    assert doc["class_means"] is None and doc["training"] is None and doc["facts"] is None
+    layers, heads = len(model.trained.vit.blocks), model.trained.params["model"]["heads"]
+    assert doc["images"]["attention"]["shape"][:3] == [2, layers, heads]
+
+
+def test_the_gallery_is_class_balanced_and_keeps_mistakes():
+    from vitlens.pipeline.report import choose_gallery
+
+    rng = np.random.default_rng(0)
+    candidates = rng.permutation(1000)[:400]
+    truth = rng.integers(0, 10, 400)
+    pred = np.where(rng.random(400) < 0.7, truth, (truth + 1) % 10)
+    chosen = choose_gallery(pred, truth, candidates, 64, 10)
+    pos = {c: i for i, c in enumerate(candidates)}
+    t, p = truth[[pos[c] for c in chosen]], pred[[pos[c] for c in chosen]]
+    assert len(chosen) == 64 == len(set(chosen.tolist()))
+    assert sorted(np.bincount(t, minlength=10).tolist()) == [6] * 6 + [7] * 4
+    for c in range(10):  # half of each class's slots are mistakes (there are enough of them)
+        assert ((t == c) & (p != c)).sum() == (t == c).sum() // 2
+    assert [pos[c] for c in chosen] == sorted(pos[c] for c in chosen)  # in the candidates' order
+
+
+def test_the_report_stage_writes_the_explorer_and_logs_it(project, cifar_npz, tmp_path, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from vitlens.pipeline.report import run_report
+    from vitlens.trained import load_trained
+
+    out = tmp_path / "explorer" / "index.html"
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"accuracy": 0.75}')
+    run_report(project / "params.yaml", project / "models/model.pt", cifar_npz, out, metrics=metrics)
+    doc = explorer_doc(out)
+    assert len(doc["images"]["labels"]) == 12 and doc["facts"]["test_accuracy"] == 0.75
+    assert sum(doc["class_means"]["counts"]) == 60  # report.class_images of the shrunk params
+    assert doc["training"]["epochs"] == [1, 2, 3] and len(doc["training"]["truth"]) == 4
+    assert len(doc["facts"]["history"]) == 3
+    run_id = load_trained(project / "models/model.pt", "cpu").run_id
+    assert [a.path for a in MlflowClient().list_artifacts(run_id, "explorer")] == ["explorer/index.html"]
