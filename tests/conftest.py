@@ -4,23 +4,36 @@ The official archive was pickled by Python 2 (protocol 2), where a byte string i
 is written with the BINSTRING opcodes and arrays name `numpy.core.multiarray._reconstruct`.
 `_Py2Pickler` reproduces exactly that, so the fixture exercises the same unpickling path as
 the real download.
+
+Torch runs on one thread, in this process and in every process the tests start (the
+stages, DVC's, torchrun's, the servers'): the tensors here are tiny, and on a shared
+2-core machine a second thread gains nothing and waits at every op's barrier for a core
+another process holds (a tiny training epoch took 13 s instead of 0.2 s under load).
+Set OMP_NUM_THREADS to choose otherwise.
 """
 from __future__ import annotations
 
-import copy
-import gzip
-import hashlib
-import io
-import pickle
-import struct
-import tarfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, NamedTuple
+import os
 
-import numpy as np
-import pytest
-import yaml
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy or torch is imported
+
+import copy  # noqa: E402
+import gzip  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import pickle  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import sys  # noqa: E402
+import tarfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ROOT = "cifar-10-batches-py"
@@ -151,6 +164,43 @@ def write_cifar_archive(path: str | Path, *, n_per_batch: int = 40, n_test: int 
             tar.addfile(_tarinfo(arcname, size=len(raw)), io.BytesIO(raw))
     Path(path).write_bytes(buf.getvalue())
     return hashlib.md5(buf.getvalue()).hexdigest()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def registered_uri(run_id: str, client: Any = None, name: str = "vitlens-cifar10") -> str:
+    """`models:/NAME/VERSION` of the one model version registered from MLflow run `run_id`,
+    which must be registered under `name` (params.yaml's tracking.registered_model)."""
+    from mlflow.tracking import MlflowClient
+
+    [version] = (client or MlflowClient()).search_model_versions(f"run_id = '{run_id}'")
+    assert version.name == name
+    return f"models:/{version.name}/{version.version}"
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+            main: Callable[[], None], *args: Any) -> tuple[int, str, str]:
+    """A command's main() in this process, as `python -m` runs it (vitlens.errors.run_main,
+    sys.argv): its exit status, stdout and stderr. Far faster than a subprocess: no second
+    torch import. The SIGTERM handler run_main installs is put back."""
+    from vitlens.errors import run_main
+
+    monkeypatch.setattr(sys, "argv", [main.__module__, *map(str, args)])
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        run_main(main)
+        code = 0
+    except SystemExit as e:
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def write_params(path: str | Path, raw: dict) -> Path:

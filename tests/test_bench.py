@@ -1,29 +1,72 @@
-"""The bench runs end to end in --quick mode; no timing is asserted (benchmarks are not
-timed tests: the numbers depend on the machine and its load)."""
+"""The bench runs end to end in --quick mode. No speed is asserted (the numbers depend on the
+machine and its load), but every number must come from real work: images/s from the measured
+seconds, ratios from the images/s, a FLOP rate no CPU reaches would mean an empty timed step,
+and the pipeline's "ours" batches are real crops and flips of their images."""
 import contextlib
 import io
 import json
+import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
+from vitlens.config import ModelConfig, load_params
 from vitlens.data import channel_stats
+from vitlens.model import train_flops_per_image
 from vitlens.perf import bench, bench_data
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+MAX_CPU_FLOPS = 10e12  # FLOP/s: far above any CPU's fp32 peak; a faster "step" did no work
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, dict]:
+    """The quick bench, with every batch our pipeline makes watched: (result, printed, seen)."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        bench.main(["--quick", "--device", "cpu", "--params", str(PARAMS), "--out", str(out)])
-    return json.loads(out.read_text()), printed.getvalue()
+    seen: dict = {"calls": 0, "images": [], "first": None}
+    real = bench_data.batch_maker
+
+    def watched(split, norm, t, augment):
+        batch = real(split, norm, t, augment)
+
+        def recorded(idx):
+            out = batch(idx)
+            seen["calls"] += 1
+            seen["images"].append(len(idx))
+            if seen["first"] is None:
+                seen["first"] = (split.x[idx].clone(), norm, t, out)
+            return out
+        return recorded
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # conftest's one thread would leave out the 1-thread contender
+    try:
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+            mp.setattr(bench_data, "batch_maker", watched)
+            bench.main(["--quick", "--device", "cpu", "--params", str(PARAMS), "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(out.read_text()), printed.getvalue(), seen
+
+
+def assert_timed(r: dict, per_call: int, calls: int, rounds: int) -> None:
+    """summarize_calls's numbers are those of `calls` measured calls of `per_call` images."""
+    seconds = r["seconds"]
+    assert len(seconds) == calls and all(t > 0 for t in seconds)
+    assert r["median_s"] == pytest.approx(statistics.median(seconds))
+    assert r["images_per_second"] == pytest.approx(per_call / r["median_s"])
+    assert len(r["round_medians_s"]) == min(rounds, calls)
+    assert min(seconds) <= min(r["round_medians_s"]) <= max(r["round_medians_s"]) <= max(seconds)
+
+
+def paired(a: dict, b: dict) -> float:
+    return statistics.median(tb / ta for ta, tb in zip(a["round_medians_s"], b["round_medians_s"]))
 
 
 def test_records_environment_and_config(quick_run):
-    result, _ = quick_run
+    result, _, _ = quick_run
     assert {"environment", "config", "models", "pipeline", "epochs"} <= result.keys()
     env = result["environment"]
     assert env["device"] == "cpu" and env["device_name"] and env["threads"] >= 1
@@ -41,14 +84,74 @@ def test_both_models_train_with_matching_sizes(quick_run):
     assert models["ratio_ours_over_timm"] > 0 and models["paired_ratio_ours_over_timm"] > 0
 
 
+def test_model_numbers_come_from_the_measured_steps(quick_run):
+    result = quick_run[0]
+    models, cfg = result["models"], result["config"]
+    for name in ("ours", "timm"):
+        assert_timed(models[name], cfg["batch_size"], cfg["steps"], cfg["rounds"])
+        flops = train_flops_per_image(ModelConfig(**cfg["model"])) * cfg["batch_size"]
+        assert flops / models[name]["median_s"] < MAX_CPU_FLOPS, name
+    ours, timm = models["ours"], models["timm"]
+    assert models["ratio_ours_over_timm"] == pytest.approx(
+        ours["images_per_second"] / timm["images_per_second"])
+    assert models["paired_ratio_ours_over_timm"] == pytest.approx(paired(ours, timm))
+
+
+def test_a_train_step_does_the_work_of_one():
+    """Timed steps of a model with enough FLOPs that a step doing no real work would run at
+    a rate no CPU core reaches."""
+    params = load_params(PARAMS)
+    cfg = ModelConfig(image_size=32, patch_size=4, dim=64, depth=2, heads=2, mlp_ratio=2.0,
+                      dropout=0.0, attn_dropout=0.0, drop_path=0.0)
+    s = bench.Settings(batch_size=32, steps=2, warmup=1, rounds=2, images=32, pipeline_epochs=1,
+                       model=cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the FLOP rate of one core: the bound holds all the more
+    try:
+        models = bench.bench_models(params, s, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    flops = train_flops_per_image(cfg) * s.batch_size
+    assert flops > 5e8  # the bound below means something only for a step this big
+    for name in ("ours", "timm"):
+        assert_timed(models[name], s.batch_size, s.steps, s.rounds)
+        assert flops / models[name]["median_s"] < MAX_CPU_FLOPS / 10, name  # one thread
+
+
 def test_all_pipelines_measured(quick_run):
-    pipe = quick_run[0]["pipeline"]
+    result = quick_run[0]
+    pipe, cfg = result["pipeline"], result["config"]
     loaders = [f"dataloader_{kind}_{w}_workers" for kind in ("tensor", "pil") for w in (0, 2)]
+    per_epoch = pipe["images"] // cfg["batch_size"] * cfg["batch_size"]
     for name in ("ours", *loaders):
         assert pipe[name]["images_per_second"] > 0
-    assert pipe["best_dataloader"] in loaders
-    assert pipe["ratio_ours_over_best_dataloader"] > 0
-    assert pipe["paired_ratio_ours_over_best_dataloader"] > 0
+        assert_timed(pipe[name], per_epoch, cfg["pipeline_epochs"], cfg["pipeline_epochs"])
+    best = max(loaders, key=lambda k: pipe[k]["images_per_second"])
+    assert pipe["best_dataloader"] == best
+    assert pipe["ratio_ours_over_best_dataloader"] == pytest.approx(
+        pipe["ours"]["images_per_second"] / pipe[best]["images_per_second"])
+    assert pipe["paired_ratio_ours_over_best_dataloader"] == pytest.approx(
+        paired(pipe["ours"], pipe[best]))
+
+
+def test_our_pipeline_makes_every_batch_of_every_epoch(quick_run):
+    """The timed "ours" epochs make real training batches: every batch of every epoch (one
+    untimed, then the timed ones; again on one thread when torch has more), each of the
+    batch size, normalised crops and flips of their images, not the images themselves."""
+    result, _, seen = quick_run
+    pipe, cfg = result["pipeline"], result["config"]
+    batches = pipe["images"] // cfg["batch_size"]
+    assert "ours_1_thread" in pipe  # torch had 2 threads
+    runs = 2  # "ours", then "ours_1_thread": the same epochs on one thread
+    assert seen["calls"] == runs * (1 + cfg["pipeline_epochs"]) * batches
+    assert set(seen["images"]) == {cfg["batch_size"]}
+    x, norm, t, (images, labels) = seen["first"]
+    assert images.shape == (cfg["batch_size"], 3, 32, 32) and images.dtype == torch.float32
+    assert len(labels) == cfg["batch_size"]
+    assert not torch.allclose(images, norm(x))  # augmented, not passed through
+    for i in range(len(x)):
+        allowed = norm(crop_flip_variants(x[i], t.crop_padding))
+        assert (allowed - images[i]).abs().flatten(1).max(dim=1).values.min() < 1e-4, i
 
 
 def test_epoch_estimate_skipped_on_cpu(quick_run):
@@ -56,7 +159,7 @@ def test_epoch_estimate_skipped_on_cpu(quick_run):
 
 
 def test_table_printed(quick_run):
-    _, text = quick_run
+    _, text, _ = quick_run
     for needle in ("| train step", "vitlens ViT", "timm VisionTransformer", "ours / timm",
                    "| data pipeline", "DataLoader", "ours / best DataLoader", "skipped"):
         assert needle in text

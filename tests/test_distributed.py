@@ -27,7 +27,7 @@ def tiny_raw(raw, archive, **train):
 
 
 def stage_cmd(root, cifar_npz):
-    return [sys.executable, "-m", "vitlens.pipeline.train", "--params", str(root / "params.yaml"),
+    return [sys.executable, "-m", "vitlens.stages.train", "--params", str(root / "params.yaml"),
             "--data", str(cifar_npz), "--out", str(root / "model.pt"),
             "--history", str(root / "history.csv"), "--checkpoint", str(root / "ckpt.pt")]
 
@@ -94,17 +94,27 @@ def test_ddp_resumes_from_its_checkpoint(_params_raw, train_archive, cifar_npz, 
     for root in (straight, resumed):
         root.mkdir()
         write_params(root / "params.yaml", raw)
-    proc = subprocess.Popen(stage_cmd(resumed, cifar_npz), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (resumed / "ckpt.pt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    kill_all_with(str(resumed / "ckpt.pt"))  # torchrun and its workers, as a crash would
-    proc.wait()
-    assert not (resumed / "model.pt").exists()
+    # The uninterrupted run goes alongside (its own torchrun, on its own free port).
+    along = subprocess.Popen(stage_cmd(straight, cifar_npz), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        proc = subprocess.Popen(stage_cmd(resumed, cifar_npz), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not (resumed / "ckpt.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        kill_all_with(str(resumed / "ckpt.pt"))  # torchrun and its workers, as a crash would
+        proc.wait()
+        assert not (resumed / "model.pt").exists()
 
-    out, _ = run_stage(resumed, cifar_npz)
-    assert "resuming from" in out
-    run_stage(straight, cifar_npz)
+        out, _ = run_stage(resumed, cifar_npz)
+        assert "resuming from" in out
+        straight_out, _ = along.communicate(timeout=300)
+    finally:
+        if along.poll() is None:
+            kill_all_with(str(straight / "ckpt.pt"))
+            along.wait()
+    assert along.returncode == 0, straight_out
+    assert "resuming from" not in straight_out
     assert val_accs(resumed / "model.pt") == val_accs(straight / "model.pt")

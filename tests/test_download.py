@@ -1,4 +1,6 @@
-"""The download stage end to end (as a subprocess, the way DVC runs it), plus its building blocks.
+"""The download stage end to end, plus its building blocks. The stage runs in this process as
+`python -m` runs it (its main() under run_main, sys.argv, cwd), and once as the real command
+line, the way DVC runs it.
 
 Every failure must end in one `error:` line naming the cause, no traceback, and no file left
 behind: neither the output nor a temp file, nor anything a hostile archive tried to create.
@@ -10,7 +12,6 @@ import http.server
 import io
 import os
 import pickle
-import socket
 import stat
 import subprocess
 import sys
@@ -24,7 +25,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-from conftest import ROOT, TarEntry, expected_arrays, py2_pickle, write_cifar_archive, write_params
+from conftest import (
+    ROOT,
+    TarEntry,
+    expected_arrays,
+    free_port,
+    py2_pickle,
+    run_cli,
+    write_cifar_archive,
+    write_params,
+)
 from vitlens.cifar import (
     DataError,
     _BatchUnpickler,
@@ -34,32 +44,65 @@ from vitlens.cifar import (
     verify_md5,
 )
 from vitlens.io import atomic_path
+from vitlens.stages import download
 
 N = 20  # images per batch (and in the test batch) of the archives built per test
-ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}  # 127.0.0.1 stays local
+PROXIES = [k for k in os.environ if "proxy" in k.lower()]  # unset: 127.0.0.1 stays local
+
+
+class Result(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 class Stage:
-    """Runs `python -m vitlens.stages.download` in `cwd` with params.yaml's data section edited."""
+    """Runs the download stage in `cwd` with params.yaml's data section edited: in this process
+    given `monkeypatch` and `capsys`, else as `python -m vitlens.stages.download`."""
 
-    def __init__(self, cwd: Path, params: dict) -> None:
-        self.cwd, self.params = cwd, params
+    def __init__(self, cwd: Path, params: dict, monkeypatch: pytest.MonkeyPatch | None = None,
+                 capsys: pytest.CaptureFixture | None = None) -> None:
+        self.cwd, self.params, self.monkeypatch, self.capsys = cwd, params, monkeypatch, capsys
         self.params_path = write_params(cwd / "params.yaml", params)
         self.out = cwd / "data" / "cifar10.npz"
         self.out.parent.mkdir()
 
-    def __call__(self, **data: Any) -> subprocess.CompletedProcess:
+    def __call__(self, **data: Any) -> Result:
         self.params["data"].update(data)
         write_params(self.params_path, self.params)
-        cmd = [sys.executable, "-m", "vitlens.stages.download", "--params",
-               str(self.params_path), "--out", str(self.out)]
-        return subprocess.run(cmd, cwd=self.cwd, env=ENV, capture_output=True, text=True,
-                              timeout=120)
+        args = ["--params", str(self.params_path), "--out", str(self.out)]
+        if self.monkeypatch is None or self.capsys is None:
+            env = {k: v for k, v in os.environ.items() if k not in PROXIES}
+            r = subprocess.run([sys.executable, "-m", "vitlens.stages.download", *args],
+                               cwd=self.cwd, env=env, capture_output=True, text=True, timeout=120)
+            return Result(r.returncode, r.stdout, r.stderr)
+        with self.monkeypatch.context() as mp:
+            mp.chdir(self.cwd)
+            for key in PROXIES:
+                mp.delenv(key)
+            return Result(*run_cli(mp, self.capsys, download.main, *args))
 
 
 @pytest.fixture
-def stage(tmp_path: Path, params_dict: dict) -> Stage:
-    return Stage(tmp_path, params_dict)
+def stage(tmp_path: Path, params_dict: dict, monkeypatch: pytest.MonkeyPatch,
+          capsys: pytest.CaptureFixture) -> Stage:
+    return Stage(tmp_path, params_dict, monkeypatch, capsys)
+
+
+def test_the_command_line_writes_the_arrays_or_fails_in_one_line(tmp_path: Path, params_dict: dict,
+                                                                 cifar_archive) -> None:
+    """As DVC runs it: `python -m`, a relative path from its cwd; one `error:` line and
+    exit status 1, no traceback, nothing left, on a failure."""
+    stage = Stage(tmp_path, params_dict)
+    r = stage(url=os.path.relpath(cifar_archive.path, tmp_path), md5=cifar_archive.md5)
+    assert r.returncode == 0, r.stderr
+    assert "200 train + 40 test images, 10 classes" in r.stdout
+    assert_dataset(stage.out)
+    stage.out.unlink()
+    r = stage(md5="0" * 32)
+    assert_failed(r, f"expected {'0' * 32}, got {cifar_archive.md5}")
+    assert r.stderr.count("\n") == 1 and r.stdout == ""
+    assert list(stage.out.parent.iterdir()) == []
 
 
 def _umask() -> int:
@@ -84,7 +127,7 @@ def assert_dataset(out: Path, n_per_batch: int = 40, n_test: int = 40) -> None:
         np.testing.assert_array_equal(getattr(d, key), want[key], err_msg=key)
 
 
-def assert_failed(result: subprocess.CompletedProcess, phrase: str) -> None:
+def assert_failed(result: Result, phrase: str) -> None:
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -194,9 +237,7 @@ def truncated(tmp: Path) -> Case:
 
 
 def closed_port_url(tmp: Path) -> Case:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     return Case({"url": f"http://127.0.0.1:{port}/cifar.tar.gz", "retries": 1, "timeout_s": 5},
                 "set data.url to a local copy")
 

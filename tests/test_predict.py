@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CLASSES
+from conftest import CLASSES, registered_uri, run_cli
 from vitlens import tracking
 from vitlens.cifar import load_arrays
 from vitlens.cli.predict import FileModel, MlflowModel, load_image, main, run_predict
@@ -21,15 +21,7 @@ from vitlens.trained import load_trained
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """main() in this process (no second torch import): exit status, stdout, stderr."""
-    from vitlens.errors import run_main
-    monkeypatch.setattr(sys, "argv", ["vitlens.cli.predict", *map(str, args)])
-    try:
-        run_main(main)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(monkeypatch, capsys, main, *args)
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +171,6 @@ def test_overlays_one_png_per_picture(project, pictures, tmp_path, monkeypatch, 
 
 
 # The MLflow model the train stage logs.
-
-def registered_uri(run_id: str) -> str:
-    from mlflow.tracking import MlflowClient
-    [version] = MlflowClient().search_model_versions(f"run_id = '{run_id}'")
-    assert version.name == "vitlens-cifar10"
-    return f"models:/{version.name}/{version.version}"
-
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory, tiny_params_module, cifar_npz, mlflow_store):

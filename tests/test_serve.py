@@ -9,7 +9,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES, shrink, write_params
+from conftest import CLASSES, free_port, registered_uri, shrink, write_params
 from vitlens import tracking
 from vitlens.cifar import load_arrays
 from vitlens.cli.predict import FileModel, run_predict
@@ -38,12 +37,6 @@ BIN = Path(sys.executable).parent
 # MLflow's HTTP client retries a lost server for minutes by default (7 retries, exponential
 # backoff, 120 s per request): a lost server must cost seconds here.
 FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, timeout: float = 5) -> int:
@@ -101,12 +94,6 @@ def serving(cmd: list[str], port: int, log: Path, ping: str) -> Iterator[Server]
         yield server
     finally:
         server.kill()
-
-
-def registered_uri(run_id: str, client=None) -> str:
-    from mlflow.tracking import MlflowClient
-    [version] = (client or MlflowClient()).search_model_versions(f"run_id = '{run_id}'")
-    return f"models:/{version.name}/{version.version}"
 
 
 def test_served_model_answers_plain_pixels_as_predict_does(project, cifar_npz, tmp_path):
@@ -242,9 +229,12 @@ def test_training_outlives_a_lost_server(team_server, workdir, cifar_npz, monkey
     assert not (workdir / "models/checkpoint.pt").exists()
     err = capsys.readouterr().err.splitlines()
     warnings = [line for line in err if line.startswith("warning: ")]
-    assert len(warnings) == 2 and "is unreachable" in warnings[0]
-    assert warnings[1] == (f"warning: not logged to MLflow run {rec['mlflow_run_id']} at "
-                           f"{team_server.base}: epoch 2 metrics, epoch 3 metrics, "
+    assert len(warnings) == 3, warnings
+    assert warnings[0].startswith(f"warning: no git commit to record for {workdir}: ")  # no checkout
+    assert "is unreachable" in warnings[1]
+    assert warnings[2] == (f"warning: not logged to MLflow run {rec['mlflow_run_id']} at "
+                           f"{team_server.base}: image attention/rollout of step 2, epoch 2 "
+                           "metrics, image attention/rollout of step 3, epoch 3 metrics, "
                            "history/history.csv, the model, status FINISHED")
     with pytest.raises(VitlensError, match="cannot be read from an unreachable"):
         run_evaluation(str(workdir / "params.yaml"), model_path, cifar_npz,

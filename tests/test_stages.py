@@ -1,13 +1,21 @@
 """The evaluate and visualize stages on a tiny trained model and a synthetic archive."""
+import copy
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
+from conftest import run_cli, write_params
+from vitlens.pipeline import visualize
 from vitlens.pipeline.evaluate import run_evaluation
 from vitlens.pipeline.visualize import run_visualize, select_examples
+from vitlens.stages import evaluate as evaluate_stage
+from vitlens.stages import visualize as visualize_stage
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("training_curves.png", "input_grid.png", "attention_overlays.png",
@@ -70,23 +78,112 @@ def test_selection_mixes_right_and_wrong():
     assert select_examples(np.zeros(10, int), truth, cand, 4).tolist() == [10, 11, 12, 13]
 
 
-@pytest.mark.parametrize("stage", ["evaluate", "visualize"])
+def visualize_params(project, tmp_path, **cfg):
+    """The project's params with visualize.* changed, tracking off (the project's run keeps
+    its own figures), and few distance images (the maps are what these tests look at)."""
+    raw = copy.deepcopy(yaml.safe_load((project / "params.yaml").read_text()))
+    raw["visualize"].update({"distance_images": 4, **cfg})
+    raw["tracking"]["enabled"] = False
+    return write_params(tmp_path / "params.yaml", raw)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The arguments of every attention_overlays and rollout_vs_heads call, as the visualize
+    stage makes them; the figures are still drawn."""
+    calls = {}
+    for name in ("attention_overlays", "rollout_vs_heads"):
+        real = getattr(visualize.figures, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls[_name] = (args, kwargs)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(visualize.figures, name, spy)
+    return calls
+
+
+def test_the_figures_show_the_maps_of_the_images_shown(project, cifar_npz, tmp_path, drawn,
+                                                       capsys):
+    """visualize.indices are the images drawn, exactly and in order; each overlay is that
+    image's own rollout, its gradient rollout beside it, the heads its last layer's."""
+    from vitlens.cifar import load_arrays
+    from vitlens.explain.attention import upsample_map
+    from vitlens.explain.maps import compute_maps
+    from vitlens.trained import load_trained
+
+    indices = [7, 3, 12, 0]
+    run_visualize(str(visualize_params(project, tmp_path, indices=indices)),
+                  project / "models/model.pt", cifar_npz, tmp_path / "out")
+    assert f"for test images {indices} to" in capsys.readouterr().out
+    data, trained = load_arrays(cifar_npz), load_trained(project / "models/model.pt")
+    x = data.x_test[indices]
+    maps = compute_maps(trained.vit, trained.norm(torch.from_numpy(x)))
+    rollout = upsample_map(maps.rollout, 32).numpy()
+    grad = upsample_map(maps.by_name("grad_rollout"), 32).numpy()
+    probs = torch.softmax(maps.logits, dim=1)
+    assert not np.allclose(rollout, grad, atol=1e-4)  # else a swap would go unseen
+
+    (images, truth, pred, conf, got_rollout), kw = drawn["attention_overlays"]
+    assert np.array_equal(images, x)
+    assert list(truth) == [trained.classes[y] for y in data.y_test[indices]]
+    assert list(pred) == [trained.classes[i] for i in probs.argmax(1)]
+    assert np.allclose(conf, probs.max(1).values.numpy(), atol=1e-6)
+    assert got_rollout.shape == kw["grad_maps"].shape == (len(indices), 32, 32)
+    assert np.allclose(got_rollout, rollout, atol=1e-6)
+    assert np.allclose(kw["grad_maps"], grad, atol=1e-6)
+
+    (images, heads_rollout, heads, titles), _ = drawn["rollout_vs_heads"]
+    assert np.array_equal(images, x) and np.allclose(heads_rollout, rollout, atol=1e-6)
+    assert np.allclose(heads, upsample_map(maps.heads, 32).numpy(), atol=1e-6)
+    assert [t.split()[0] for t in titles] == [f"#{i}" for i in indices]
+
+
+def test_out_of_range_indices_are_one_line_error(project, cifar_npz, tmp_path, monkeypatch,
+                                                  capsys):
+    params = visualize_params(project, tmp_path, indices=[5, 100, 99, 250])
+    code, out, err = run_cli(monkeypatch, capsys, visualize_stage.main, "--params", params,
+                             "--model", project / "models/model.pt", "--data", cifar_npz,
+                             "--out-dir", tmp_path / "out")
+    assert code == 1 and out == ""
+    assert err == "error: visualize.indices=[100, 250] out of range 0-99\n"
+    assert not (tmp_path / "out").exists()
+
+
+STAGES = {"evaluate": evaluate_stage, "visualize": visualize_stage}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
 @pytest.mark.parametrize("content,phrase", [
     (None, "not found: run the train stage first"),
     (b"garbage", "is not a readable model file"),
 ])
-def test_bad_model_file_is_one_line_error(project, cifar_npz, tmp_path, stage, content, phrase):
+def test_bad_model_file_is_one_line_error(project, cifar_npz, tmp_path, monkeypatch, capsys,
+                                          stage, content, phrase):
+    """In this process (the command line itself: the test below)."""
     model = tmp_path / "model.pt"
     if content is not None:
         model.write_bytes(content)
-    r = subprocess.run([sys.executable, "-m", f"vitlens.stages.{stage}", "--params",
+    code, out, err = run_cli(monkeypatch, capsys, STAGES[stage].main, "--params",
+                             project / "params.yaml", "--model", model, "--data", cifar_npz,
+                             "--out-dir", tmp_path / "out")
+    assert code == 1 and out == ""
+    assert err.startswith("error:") and err.count("\n") == 1 and err.endswith("\n"), err
+    assert phrase in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_prints_one_line_error(project, cifar_npz, tmp_path):
+    """As DVC runs a stage: `python -m`, a one-line error, no traceback, exit status 1."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"garbage")
+    r = subprocess.run([sys.executable, "-m", "vitlens.stages.visualize", "--params",
                         str(project / "params.yaml"), "--model", str(model), "--data",
                         str(cifar_npz), "--out-dir", str(tmp_path / "out")],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]]
-    assert phrase in r.stderr and r.stderr.startswith("error:")
+    assert "is not a readable model file" in r.stderr and r.stderr.startswith("error:")
     assert not (tmp_path / "out").exists()
 
 
@@ -106,12 +203,18 @@ def test_stage_commands_import_the_code_beside_them(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == {"download", "train", "evaluate", "visualize", "faithfulness"}
+    assert set(stages) == {"download", "train", "evaluate", "visualize", "faithfulness", "report"}
+    by_prefix: dict[str, list[str]] = {}  # one interpreter per distinct command prefix
     for name, stage in stages.items():
         module = f"vitlens.stages.{name}"
         prefix, sep, _ = stage["cmd"].partition(f"python -m {module} ")
         assert sep, f"stage {name} does not run python -m {module}"
-        r = subprocess.run(f"{prefix}python -c 'import {module} as m; print(m.__file__)'",
+        by_prefix.setdefault(prefix, []).append(name)
+    for prefix, names in by_prefix.items():
+        modules = ", ".join(f'"vitlens.stages.{n}"' for n in names)
+        r = subprocess.run(f"{prefix}python -c 'import importlib\n"
+                           f"for m in [{modules}]: print(importlib.import_module(m).__file__)'",
                            shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        assert Path(r.stdout.strip()) == tmp_path / "src/vitlens/stages" / f"{name}.py"
+        assert [Path(f) for f in r.stdout.split()] == [
+            tmp_path / "src/vitlens/stages" / f"{n}.py" for n in names]

@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +10,11 @@ import urllib.request
 import pytest
 import torch
 
+from conftest import free_port
 from vitlens.pipeline.evaluate import run_evaluation
 from vitlens.pipeline.visualize import run_visualize
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(base: str, path: str, body: dict | None = None) -> dict:

@@ -92,7 +92,11 @@
   app.textContent = "";
   app.append(el("header", {}, el("h1", { text: M.title }),
     el("small", { text: `${n} images · ${M.n_layers} layers × ${M.n_heads} heads · ${G}×${G} patches of ${M.patch_size}px` })));
-  const section = (id, title) => { const s = el("section", { id }, el("h2", { text: title })); app.append(s); return s; };
+  const section = (id, title, parent = app) => {
+    const s = el("section", { id }, el("h2", { text: title }));
+    parent.append(s);
+    return s;
+  };
   const select = (id, options, value, onchange) => {
     const s = el("select", { id, "data-testid": id });
     options.forEach(([v, label]) => s.append(el("option", { value: v, text: label })));
@@ -135,18 +139,32 @@
   }
 
   // 2. The selected image and its maps
-  const sel = section("image-section", "Where it looks");
+  const pair = el("div", { class: "pair" });  // the image and head views side by side when wide
+  app.append(pair);
+  const sel = section("image-section", "Where it looks", pair);
   const mapOpts = [["rollout", "attention rollout"], ["grad_rollout", "gradient-weighted rollout"],
     ["last_layer", "last layer, mean of heads"], ...Array.from({ length: H }, (_, h) => [`head:${h}`, `last layer, head ${h + 1}`])];
   const mainCanvas = el("canvas", { class: "big", id: "main-map", "data-testid": "main-map" });
   const opacity = el("input", { type: "range", min: 0, max: 1, step: 0.05, value: state.alpha, id: "opacity", "data-testid": "opacity" });
   opacity.oninput = () => { state.alpha = Number(opacity.value); renderAll(); };
   const selInfo = el("div", { class: "probs" });
-  sel.append(el("div", { class: "controls" }, select("map-kind", mapOpts, state.map, (v) => { state.map = v; renderMain(); }),
-    el("label", {}, "opacity ", opacity)), el("div", { class: "row" }, mainCanvas, selInfo));
+  const mapSel = select("map-kind", mapOpts, state.map, (v) => { state.map = v; renderMain(); });
+  // Every map of the image at once, small; a click shows it large.
+  const strip = mapOpts.map(([kind, label]) => {
+    const cv = el("canvas"), cell = el("div", { class: "cell", "data-testid": "map-choice", "data-kind": kind, title: label },
+      cv, el("div", { text: label.replace("last layer, ", "") }));
+    cell.onclick = () => { state.map = kind; mapSel.value = kind; renderMain(); };
+    return { kind, cv, cell };
+  });
+  sel.append(el("div", { class: "controls" }, mapSel, el("label", {}, "opacity ", opacity)),
+    el("div", { class: "row" }, mainCanvas, selInfo), el("div", { class: "strip" }, ...strip.map((m) => m.cell)));
   function renderMain() {
     const k = state.k, v = mainMap(k, state.map);
     draw(mainCanvas, images[k], v);
+    strip.forEach((m) => {
+      draw(m.cv, images[k], mainMap(k, m.kind), { px: 64 });
+      m.cell.classList.toggle("active", m.kind === state.map);
+    });
     shown.main = { k, kind: state.map, values: v };
     selInfo.textContent = "";
     selInfo.append(el("b", { text: I.labels[k] }), el("div", { text: I.truth[k] !== null ? `truth: ${C[I.truth[k]]}` : "" }));
@@ -156,7 +174,7 @@
   }
 
   // 3. Head view
-  const hv = section("head-section", "Head view: which patches a token reads");
+  const hv = section("head-section", "Head view: which patches a token reads", pair);
   const layerSel = select("layer", I.layers.map((l, i) => [String(i), `layer ${l + 1}`]), "0", (v) => { state.layer = Number(v); renderHead(); });
   const headSel = select("head", I.head_ids.map((h, i) => [String(i), `head ${h + 1}`]), "0", (v) => { state.head = Number(v); renderHead(); });
   const clsBtn = el("button", { id: "cls-token", "data-testid": "cls-token", text: "CLS token" });
@@ -164,7 +182,7 @@
   const headCanvas = el("canvas", { class: "big", id: "head-canvas", "data-testid": "head-canvas" });
   const headInfo = el("div", { id: "head-info", "data-testid": "head-info" });
   hv.append(el("div", { class: "controls" }, layerSel, headSel, clsBtn,
-    el("span", { class: "muted", text: "hover a patch to see what it reads; click to pin it" })),
+    el("span", { class: "muted", text: "hover a patch: what it reads; click: pin it" })),
     el("div", { class: "row" }, headCanvas, headInfo));
   const patchAt = (ev) => {
     const r = headCanvas.getBoundingClientRect();
@@ -250,38 +268,62 @@
   }
 
   // 6. The run's facts
-  if (doc.facts) renderFacts(doc.facts, section("facts-section", "The run"));
-  function table(header, rows) {
+  const fmt = (c) => typeof c === "number" ? (Number.isInteger(c) ? String(c) : c.toFixed(3)) : String(c);
+  function table(header, rows, cellStyle = () => "") {
     return el("table", {}, el("tr", {}, ...header.map((h) => el("th", { text: h }))),
-      ...rows.map((r) => el("tr", {}, ...r.map((c) => el("td", { text: typeof c === "number" ? c.toFixed(3) : String(c) })))));
+      ...rows.map((r) => el("tr", {}, ...r.map((c, j) => el("td", { text: fmt(c), style: cellStyle(c, j) })))));
   }
+  // Two per-epoch series on inline SVG, with the axes' ranges as tick labels.
   function curves(hist, keys, title) {
-    const W = 300, Hh = 150, pad = 28, ns = "http://www.w3.org/2000/svg";
+    const W = 320, Hh = 170, L = 44, R = 10, T = 26, B = 28, ns = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("width", W); svg.setAttribute("height", Hh);
-    const xs = hist.map((r) => r.epoch), ys = hist.flatMap((r) => keys.map((k) => r[k]));
+    svg.setAttribute("width", W); svg.setAttribute("height", Hh); svg.setAttribute("data-testid", "curve");
+    const xs = hist.map((r) => r.epoch), ys = hist.flatMap((r) => keys.map((k) => r[k])).filter(Number.isFinite);
     const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-    const sx = (x) => pad + (x - x0) / Math.max(1, x1 - x0) * (W - 2 * pad), sy = (y) => Hh - pad - (y - y0) / Math.max(1e-9, y1 - y0) * (Hh - 2 * pad);
-    const add = (tag, attrs) => { const e = document.createElementNS(ns, tag); for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); svg.append(e); return e; };
-    add("text", { x: pad, y: 14, "font-size": 12 }).textContent = title;
+    const sx = (x) => L + (x - x0) / Math.max(1, x1 - x0) * (W - L - R);
+    const sy = (y) => Hh - B - (y - y0) / Math.max(1e-9, y1 - y0) * (Hh - T - B);
+    const add = (tag, attrs, text) => {
+      const e = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+      if (text !== undefined) e.textContent = text;
+      svg.append(e);
+      return e;
+    };
+    add("text", { x: L, y: 14, "font-size": 13, "font-weight": 600 }, title);
+    add("polyline", { fill: "none", stroke: "#999", points: `${L},${T} ${L},${Hh - B} ${W - R},${Hh - B}` });
+    [y0, y1].forEach((y) => add("text", { x: L - 4, y: sy(y) + 4, "font-size": 10, "text-anchor": "end" }, y.toFixed(2)));
+    [x0, x1].forEach((x) => add("text", { x: sx(x), y: Hh - B + 14, "font-size": 10, "text-anchor": "middle" }, String(x)));
+    add("text", { x: (L + W - R) / 2, y: Hh - 4, "font-size": 10, "text-anchor": "middle", fill: "#666" }, "epoch");
     ["#2a6fdb", "#e07b00"].forEach((col, i) => {
-      add("polyline", { fill: "none", stroke: col, "stroke-width": 2, points: hist.map((r) => `${sx(r.epoch)},${sy(r[keys[i]])}`).join(" ") });
-      add("text", { x: W - pad - 60, y: 14 + 12 * i, "font-size": 10, fill: col }).textContent = keys[i];
+      const pts = hist.filter((r) => Number.isFinite(r[keys[i]])).map((r) => `${sx(r.epoch)},${sy(r[keys[i]])}`);
+      add("polyline", { fill: "none", stroke: col, "stroke-width": 2, points: pts.join(" ") });
+      add("text", { x: W - R - 120 + 62 * i, y: 14, "font-size": 11, fill: col }, keys[i]);
     });
-    add("text", { x: pad, y: Hh - 8, "font-size": 10 }).textContent = `epoch ${x0}–${x1}; ${y0.toFixed(2)}–${y1.toFixed(2)}`;
     return svg;
+  }
+  function heat(rows) {  // a table whose cells are coloured by value, min to max
+    const vals = rows.flat(), lo = Math.min(...vals), span = Math.max(1e-9, Math.max(...vals) - lo);
+    return (c, j) => {
+      if (j === 0) return "";
+      const t = (parseFloat(c) - lo) / span, [r, g, b] = colour(0.15 + 0.8 * t);
+      return `background: rgb(${r},${g},${b}); color: ${t > 0.55 ? "#000" : "#fff"}`;
+    };
   }
   function renderFacts(f, box) {
     box.append(el("p", { "data-testid": "test-accuracy", text: f.test_accuracy === null ? "test accuracy: not evaluated" : `test accuracy ${pct(f.test_accuracy)}` }));
-    if (f.params_diff) box.append(el("h2", { text: "Params that differ from params.yaml" }),
-      f.params_diff.length ? table(["param", "this run", "default"], f.params_diff.map((r) => r.map((v) => JSON.stringify(v)))) : el("p", { class: "muted", text: "none" }));
-    if (f.history.length) box.append(el("div", { class: "row" }, curves(f.history, ["train_loss", "val_loss"], "loss"),
-      curves(f.history, ["train_acc", "val_acc"], "accuracy")));
-    if (f.faithfulness) box.append(el("h2", { text: "Faithfulness (deletion: lower is better; insertion: higher)" }),
+    const show = (v) => v === null || v === undefined ? "—" : JSON.stringify(v);
+    if (f.params_diff) box.append(el("h3", { text: "Params that differ from params.yaml" }),
+      f.params_diff.length ? table(["param", "this run", "default"], f.params_diff.map(([k, v, d]) => [k, show(v), show(d)]))
+        : el("p", { class: "muted", text: "none" }));
+    if (f.history.length) box.append(el("h3", { text: "Per epoch" }), el("div", { class: "row" },
+      curves(f.history, ["train_loss", "val_loss"], "loss"), curves(f.history, ["train_acc", "val_acc"], "accuracy")));
+    if (f.faithfulness) box.append(el("h3", { text: "Faithfulness (deletion AUC: lower is better; insertion AUC: higher)" }),
       table(["method", "deletion AUC", "insertion AUC"], Object.entries(f.faithfulness).map(([m, s]) => [m, s.deletion_auc, s.insertion_auc])));
-    if (f.distance) box.append(el("h2", { text: "Mean attention distance (pixels) per layer and head" }),
-      table(["layer", ...f.distance[0].map((_, h) => `head ${h + 1}`)], f.distance.map((r, l) => [`layer ${l + 1}`, ...r])));
+    if (f.distance) box.append(el("h3", { text: "Mean attention distance (pixels) per layer and head" }),
+      table(["layer", ...f.distance[0].map((_, h) => `head ${h + 1}`)], f.distance.map((r, l) => [`layer ${l + 1}`, ...r.map((d) => d.toFixed(1))]), heat(f.distance)));
   }
+
+  if (doc.facts) renderFacts(doc.facts, section("facts-section", "The run"));
 
   function renderAll() { renderGallery(); renderMain(); renderHead(); renderModel(); }
   renderAll();
