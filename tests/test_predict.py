@@ -167,7 +167,7 @@ def test_overlays_one_png_per_picture(project, pictures, tmp_path, monkeypatch, 
     with Image.open(written[6]) as img:
         assert img.format == "PNG" and img.width > 400
     code, _, err = cli(monkeypatch, capsys, pictures, "--out", out_dir, "--model-uri", "runs:/x/model")
-    assert code == 1 and "--out needs the model file" in err
+    assert code == 1 and "--out and --report need the model file" in err
 
 
 # The MLflow model the train stage logs.
