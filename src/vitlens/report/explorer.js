@@ -327,5 +327,6 @@
 
   function renderAll() { renderGallery(); renderMain(); renderHead(); renderModel(); }
   renderAll();
+  window.vitlens.loadMs = performance.now();  // since navigation: the time to open
   window.vitlens.ready = true;
 })().catch((e) => { document.getElementById("app").textContent = "explorer failed: " + e; window.vitlens = { error: String(e) }; throw e; });

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,22 @@ TEMPLATE = """<!doctype html>
 """
 
 
+def finite(x: Any) -> Any:
+    """`x` with NaN and infinities as None: JSON has no NaN, and one NaN (a diverged epoch's
+    loss) would make JSON.parse reject the whole page."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite(v) for v in x]
+    return x
+
+
 def render(doc: dict[str, Any]) -> str:
     """The page of an explorer document (vitlens.report.data.document)."""
     # "</" would end the script element early; "<\\/" is the same JSON string.
-    data = json.dumps(doc, separators=(",", ":")).replace("</", "<\\/")
+    data = json.dumps(finite(doc), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     return TEMPLATE.format(title=html.escape(doc["meta"]["title"]), data=data,
                            css=(HERE / "explorer.css").read_text(), js=(HERE / "explorer.js").read_text())
 
