@@ -160,8 +160,14 @@ def test_temp_and_queued_experiments_land_in_the_project_store(repo):
                      "-S", "tracking.log_model=true", "evaluate")
         names += re.findall(r"Queued experiment '(\S+)'", queued)
     assert len(names) == 3
-    dvc(repo, "queue", "start", "-j", "2")  # two at once: SQLite locking must not lose a run
-    deadline = time.monotonic() + 400
+    # Two at once: SQLite locking must not lose a run. The workers inherit `queue start`'s
+    # stdout and stderr and keep them open until they finish: a file, not a pipe to wait on.
+    log = repo.parent / "queue-start.log"
+    with open(log, "w") as out:
+        r = subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", "2"], cwd=repo,
+                           env=clean_env(), stdout=out, stderr=subprocess.STDOUT, timeout=120)
+    assert r.returncode == 0 and "Started '2' new" in log.read_text(), log.read_text()
+    deadline = time.monotonic() + 600  # two trainings at once on a shared CPU
     while re.search(r"Queued|Running", dvc(repo, "queue", "status")):
         assert time.monotonic() < deadline, dvc(repo, "queue", "status")
         time.sleep(3)
