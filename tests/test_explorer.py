@@ -293,7 +293,8 @@ def explorer_doc(path: Path) -> dict:
 def test_predict_writes_the_explorer_of_the_good_pictures(project, tmp_path, capsys):
     from PIL import Image
 
-    from vitlens.cli.predict import FileModel, run_predict
+    from vitlens.cli.models import FileModel
+    from vitlens.cli.predict import run_predict
 
     pics = tmp_path / "pics"
     pics.mkdir()

@@ -13,7 +13,9 @@ from PIL import Image
 from conftest import CLASSES, registered_uri, run_cli
 from vitlens import tracking
 from vitlens.cifar import load_arrays
-from vitlens.cli.predict import FileModel, MlflowModel, load_image, main, run_predict
+from vitlens.cli.models import FileModel, MlflowModel
+from vitlens.cli.predict import main, run_predict
+from vitlens.images import load_image
 from vitlens.pipeline.train import run_training
 from vitlens.serving import to_pixels
 from vitlens.trained import load_trained

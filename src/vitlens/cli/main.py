@@ -3,7 +3,9 @@
     vitlens predict photo.jpg shots/ [--out overlays/]     predict your own pictures
     vitlens reproduce RUN_ID [--out params.yaml]           the params an MLflow run was trained with
     vitlens ui [--port 5000]                               the MLflow UI on the project's store
+    vitlens serve [--model-uri models:/vitlens-cifar10/1]  serve the model over HTTP, batched
     vitlens bench [--quick]                                model and data-pipeline throughput
+    vitlens loadtest --model-uri ...                       a served model's speed beside in-process
     vitlens gpu-check --archive ... --md5 ...              the one-go check on a CUDA machine
 
 `python -m vitlens COMMAND ...` is the same; each command's module also runs on its own
@@ -17,7 +19,8 @@ import sys
 from vitlens.errors import run_main
 
 COMMANDS = {"predict": "vitlens.cli.predict", "reproduce": "vitlens.cli.reproduce",
-            "ui": "vitlens.cli.ui", "bench": "vitlens.perf.bench",
+            "ui": "vitlens.cli.ui", "serve": "vitlens.cli.serve", "bench": "vitlens.perf.bench",
+            "loadtest": "vitlens.perf.loadtest",
             "gpu-check": "vitlens.gpucheck.check"}
 
 

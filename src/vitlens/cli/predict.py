@@ -24,27 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from vitlens import tracking
-from vitlens.errors import VitlensError, first_line, run_main
-from vitlens.explain.attention import upsample_map
-from vitlens.explain.maps import compute_maps
+from vitlens.cli.models import FileModel, MlflowModel, top_classes
+from vitlens.errors import VitlensError, run_main
+from vitlens.images import PICTURE_PX, SUFFIXES, BadImage, load_image
 from vitlens.plots.common import save_figure
 from vitlens.plots.figures import prediction_overlay
 from vitlens.report import data as explorer
 from vitlens.report.page import write_explorer
-from vitlens.trained import load_trained
-
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-FORMATS = ("PNG", "JPEG", "BMP")
-PICTURE_PX = 256  # largest side of the picture drawn under the map in --out overlays
-
-
-class BadImage(Exception):
-    """A file the model cannot take; the message says why."""
 
 
 def image_files(inputs: Sequence[Path]) -> tuple[list[Path], list[str]]:
@@ -65,89 +53,6 @@ def image_files(inputs: Sequence[Path]) -> tuple[list[Path], list[str]]:
     return files, errors
 
 
-def _rgb(img: Image.Image) -> Image.Image:
-    """Any mode -> RGB; transparent pixels become white (the colour hidden under them is
-    arbitrary, often black)."""
-    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def load_image(path: Path, size: int, picture: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 (size, size, 3) pixels of the central square and, with `picture`, the same square
-    at up to `picture` pixels a side for drawing, (3, P, P) (else None). Raises BadImage."""
-    try:
-        if path.stat().st_size == 0:
-            raise BadImage("empty file")
-        with Image.open(path) as img:
-            if img.format not in FORMATS:
-                raise BadImage(f"a {img.format} image, not PNG, JPEG or BMP")
-            # JPEG: decode at a reduced scale, never below PICTURE_PX, the same with or without
-            # `picture`, so that drawing overlays does not change the prediction.
-            img.draft(None, (max(size, PICTURE_PX),) * 2)
-            rgb = _rgb(ImageOps.exif_transpose(img))
-    except UnidentifiedImageError:
-        raise BadImage("not an image (PNG, JPEG or BMP expected)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise BadImage(f"unreadable: {e}") from None
-    small = np.asarray(ImageOps.fit(rgb, (size, size), Image.Resampling.LANCZOS))
-    if not picture:
-        return small, None
-    side = min(picture, *rgb.size)
-    big = np.asarray(ImageOps.fit(rgb, (side, side), Image.Resampling.LANCZOS))
-    return small, big.transpose(2, 0, 1)
-
-
-class FileModel:
-    """A model file of the train stage: probabilities from the module MLflow serves, maps
-    from the ViT's explicit-attention path."""
-
-    def __init__(self, path: Path, device: torch.device | str = "auto"):
-        self.trained = load_trained(path, device)
-        self.served = self.trained.pixel_classifier()
-        self.classes: list[str] = self.trained.classes
-        self.size: int = self.trained.image_size
-        self.device = self.trained.device
-
-    @torch.no_grad()
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """(N, classes) for uint8 (N, S, S, 3) pixels."""
-        return self.served(torch.from_numpy(x).to(self.device)).cpu().numpy()
-
-    def maps(self, x: np.ndarray) -> np.ndarray:
-        """(N, S, S) attention rollout for uint8 (N, S, S, 3) pixels."""
-        nchw = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2)
-        maps = compute_maps(self.trained.vit, self.trained.norm(nchw), grad=False)
-        return upsample_map(maps.rollout, x.shape[1]).cpu().numpy()
-
-
-class MlflowModel:
-    """A logged or registered MLflow model (runs:/..., models:/...) through pyfunc: the
-    probabilities the served model gives."""
-
-    def __init__(self, uri: str):
-        import mlflow.pyfunc
-
-        tracking.client()  # runs:/ and models:/ resolve against the project's store
-        try:
-            self.model = mlflow.pyfunc.load_model(uri)
-        except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for a bad URI
-            raise VitlensError(
-                f"cannot load MLflow model {uri} from {tracking.tracking_uri()} "
-                f"({first_line(e)}); the train stage logs runs:/<run_id>/model and "
-                "registers models:/vitlens-cifar10/<version>") from None
-        meta = self.model.metadata
-        classes = (meta.metadata or {}).get("classes")
-        if not classes:
-            raise VitlensError(f"{uri} is not a vitlens model: its metadata names no classes")
-        self.classes: list[str] = list(classes)
-        self.size: int = meta.get_input_schema().inputs[0].shape[1]
-
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(x))
-
-
 @dataclass
 class Prediction:
     image: str
@@ -160,12 +65,6 @@ class Prediction:
     def as_dict(self) -> dict:
         return {"image": self.image, "overlay": self.overlay,
                 "top_k": [{"class": c, "probability": p} for c, p in self.top]}
-
-
-def top_classes(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-    """The k most probable (class, probability) per row of (N, classes), most probable first."""
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
 
 
 def _batches(files: list[Path], size: int, batch_size: int, picture: int,
