@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup repro repro-cpu test test-fast lint ui predict bench gpu-check clean
+.PHONY: setup repro repro-cpu test test-fast lint ui predict serve bench gpu-check clean
 
 # The CPU preset: a 0.8M-parameter ViT sized for under 45 minutes of training on 2 CPU cores.
 CPU_PRESET := -S model.dim=128 -S model.depth=6 -S model.heads=4 -S model.drop_path=0.0 \
@@ -43,6 +43,10 @@ ui: setup
 # make predict IMAGES="photo.jpg shots/" EXTRA="--top-k 5 --out overlays"
 predict: setup
 	vitlens predict $(IMAGES) $(EXTRA)
+
+# make serve EXTRA="--model-uri models:/vitlens-cifar10/1 --port 5001"
+serve: setup
+	vitlens serve $(EXTRA)
 
 bench: setup
 	vitlens bench

@@ -5,6 +5,7 @@ of the pixels, so every row of every answer can be checked under load. The real 
 the real command is in test_serve.py.
 """
 import base64
+import http.client
 import io
 import json
 import threading
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vitlens import images
 from vitlens.cli.payload import Refused, parse, plain_pixels
 from vitlens.cli.serve import Batcher, Server
 from vitlens.images import load_image
@@ -224,3 +226,24 @@ def test_the_fast_pixel_parser_agrees_with_json_or_leaves_the_body_to_it():
             want = np.asarray(next(iter(doc.values())))
             assert want.dtype.kind in "iu" and np.array_equal(want, got), bytes(body)
     assert 300 < accepted < 2700  # both kinds were tried
+
+
+def test_a_picture_over_the_pixel_limit_is_refused_before_it_is_decoded(monkeypatch):
+    monkeypatch.setattr(images, "MAX_PIXELS", 399)
+    body = json.dumps({"images": [encoded(Image.new("RGB", (20, 20)))]}).encode()
+    with pytest.raises(Refused, match=r"images\[0\]: 20x20 pixels, more than 399"):
+        parse(body, 32, 8)
+    monkeypatch.setattr(images, "MAX_PIXELS", 400)
+    assert parse(body, 32, 8).shape == (1, 32, 32, 3)
+
+
+def test_a_request_without_a_length_gets_411(server):
+    url, _ = server
+    port = int(url.split(":")[2].split("/")[0])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.putrequest("POST", "/invocations")
+    conn.putheader("Content-Type", "application/json")
+    conn.endheaders()
+    reply = conn.getresponse()
+    assert reply.status == 411 and b"Content-Length" in reply.read()
+    conn.close()
