@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vitlens.config import Params
-from vitlens.io import atomic_path
+from vitlens.io import save_torch
 
 SECTIONS = ("data", "model", "train")
 # Keys that change where the data comes from or how fast a step runs, never the weights:
@@ -31,8 +31,7 @@ def checkpoint_state(model: nn.Module, opt: torch.optim.Optimizer, epoch: int, s
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)
 
 
 def load_checkpoint(path: Path, digest: str) -> dict | None:

@@ -1,4 +1,9 @@
-"""Atomic file output: a file a stage writes appears whole or not at all."""
+"""Atomic file output: a file a stage writes appears whole or not at all.
+
+A write that fails (disk full, no permission, a read-only disk) leaves the previous file as it
+was and raises one line naming the file: `cannot write models/model.pt: [Errno 28] No space
+left on device`.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from vitlens.errors import VitlensError, first_line
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -19,18 +26,35 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+    An OSError in the block or the rename is a one-line VitlensError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        raise VitlensError(f"cannot write {path}: {first_line(e)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save, atomically. Serialised in memory first: torch's own file writer reports a
+    full disk as "unexpected pos 704 vs 598", a plain write as the OSError it is."""
+    import io
+
+    import torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

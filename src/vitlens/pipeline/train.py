@@ -17,7 +17,7 @@ from vitlens.data import split_train_val
 from vitlens.device import pick_device
 from vitlens.distributed import Dist
 from vitlens.explain.snapshots import AttentionSnapshots
-from vitlens.io import atomic_path, write_csv
+from vitlens.io import save_torch, write_csv
 from vitlens.model import model_record, train_flops_per_image
 from vitlens.serving import to_pixels
 from vitlens.trained import load_trained
@@ -110,8 +110,7 @@ def train_and_write(params: Params, data: Cifar10, state: dict | None, dist: Dis
     record = model_record(result.model, params, data.classes, mean=result.norm.mean,
                           std=result.norm.std, history=result.history, git_commit=commit,
                           run_id=run.id if run else None, extra=hook.state() if hook else None)
-    with atomic_path(out) as tmp:
-        torch.save(record, tmp)
+    save_torch(record, out)
     write_csv(history_path, result.history)
     model_uri = None
     if run is not None:
