@@ -27,11 +27,15 @@ repro: setup
 repro-cpu: setup
 	dvc exp run $(CPU_PRESET) $(EXTRA)
 
+# One worker per core; a file's tests stay together on one worker, in file order (the
+# end-to-end files build on their own earlier tests).
+PYTEST_PAR := -n auto --dist loadfile
+
 test: setup
-	pytest -q
+	pytest -q $(PYTEST_PAR)
 
 test-fast: setup
-	pytest -q -m "not slow"
+	pytest -q -m "not slow" $(PYTEST_PAR)
 
 lint: setup
 	ruff check src tests

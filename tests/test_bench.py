@@ -202,3 +202,28 @@ def test_pipelines_produce_the_same_augmentations(pil):
         for name, batch in (("DataLoader", theirs), ("ours", ours)):
             gap = (allowed - batch[i]).abs().flatten(1).max(dim=1).values.min()
             assert gap < 1e-4, f"{name} image {i} is no crop/flip of its padded original"
+
+
+def test_every_attention_kernel_runs_and_agrees_with_sdpa(quick_run):
+    result, printed, _ = quick_run
+    a = result["attention"]["quick"]
+    assert a["shape_b_heads_n_d"] == [4, 2, 17, 16]  # patch 8: 16 patches + CLS; dim 32 / 2
+    for kernel in ("sdpa_default", "sdpa_math", "sdpa_flash", "explicit"):
+        assert a[kernel]["median_ms"] > 0, kernel
+        assert a[kernel]["max_abs_diff"] < 1e-5, kernel
+    assert a["fastest"] in ("sdpa_default", "sdpa_math", "sdpa_flash", "explicit")
+    assert a["speedup_fastest_over_default"] == pytest.approx(
+        a["sdpa_default"]["median_ms"] / a[a["fastest"]]["median_ms"])
+    assert a["speedup_fastest_over_default"] >= 1
+    assert "attention, quick: B 4, heads 2, tokens 17, head dim 16" in printed
+
+
+def test_the_training_loop_is_timed_against_its_bare_step(quick_run):
+    result, printed, _ = quick_run
+    lp = result["loop"]
+    assert lp["steps_per_epoch"] == 4 and lp["batch_size"] == result["config"]["batch_size"]
+    assert lp["loop_images_per_second"] > 0 and min(lp["step_before_after"]) > 0
+    assert lp["step_images_per_second"] == pytest.approx(sum(lp["step_before_after"]) / 2)
+    assert lp["ratio_loop_over_step"] == pytest.approx(
+        lp["loop_images_per_second"] / lp["step_images_per_second"])
+    assert f"loop / step: {lp['ratio_loop_over_step']:.2f}" in printed

@@ -25,9 +25,12 @@ from vitlens.device import autocast, pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
 from vitlens.model import build_model
+from vitlens.perf.bench_attention import bench_attention
 from vitlens.perf.bench_data import IMAGE_SIZE, NUM_CLASSES, bench_pipelines, synthetic_images
+from vitlens.perf.bench_loop import bench_loop
 from vitlens.perf.bench_report import environment, report
 from vitlens.perf.timing import alternate, paired_speedup, summarize_calls, time_calls
+from vitlens.pipeline.train import cpu_preset
 from vitlens.step import batch_maker, make_optimizer, optimizer_step
 from vitlens.training import VAL_BATCH
 
@@ -180,7 +183,26 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     return out
 
 
-def run_bench(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
+def attention_shapes(params: Params, s: Settings, quick: bool
+                     ) -> list[tuple[str, ModelConfig, int]]:
+    """The CPU preset's and the default's model and batch size; --quick's tiny one alone."""
+    if quick:
+        return [("quick", s.model, 4)]
+    preset = cpu_preset(params)
+    return [("preset", preset.model, preset.train.batch_size),
+            ("default", params.model, params.train.batch_size)]
+
+
+def loop_subject(params: Params, s: Settings, quick: bool) -> tuple[Params, int]:
+    """The loop bench's params and batch size: the CPU preset's; --quick's tiny model."""
+    if quick:
+        return dataclasses.replace(params, model=s.model), s.batch_size
+    preset = cpu_preset(params)
+    return preset, preset.train.batch_size
+
+
+def run_bench(params: Params, s: Settings, device: torch.device,
+              quick: bool = False) -> dict[str, Any]:
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     load_before = os.getloadavg()[0]
@@ -190,6 +212,11 @@ def run_bench(params: Params, s: Settings, device: torch.device) -> dict[str, An
                    "rounds": s.rounds, "pipeline_epochs": s.pipeline_epochs,
                    "model": dataclasses.asdict(s.model)},
         "models": bench_models(params, s, device),
+        "attention": {name: bench_attention(cfg, batch, steps=s.steps, rounds=s.rounds,
+                                            device=device)
+                      for name, cfg, batch in attention_shapes(params, s, quick)},
+        "loop": bench_loop(*loop_subject(params, s, quick), steps=4 if quick else 30,
+                           device=device),
         "pipeline": bench_pipelines(params, images=s.images, batch_size=s.batch_size,
                                      epochs=s.pipeline_epochs, device=device),
         "epochs": bench_epochs(params, s, device)}
@@ -212,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     device = pick_device(args.device)
-    result = run_bench(params, settings(args, params, device), device)
+    result = run_bench(params, settings(args, params, device), device, quick=args.quick)
     write_json(args.out, result)
     print(report(result))
     print(f"\nwrote {args.out}")

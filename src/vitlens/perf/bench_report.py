@@ -63,6 +63,35 @@ def model_table(m: dict[str, Any]) -> str:
             f"(median of per-round ratios: {m['paired_ratio_ours_over_timm']:.2f}x)")
 
 
+ATTENTION_KERNELS = (("sdpa_default", "SDPA, its own choice"), ("sdpa_flash", "SDPA flash"),
+                     ("sdpa_math", "SDPA math"), ("explicit", "explicit softmax(qk^T)v"))
+
+
+def attention_table(a: dict[str, Any]) -> str:
+    """One table per shape: forward + backward of every block's attention, per kernel."""
+    out = []
+    for shape, r in a.items():
+        B, H, N, D = r["shape_b_heads_n_d"]
+        rows = [[name, f"{r[k]['median_ms']:.1f}",
+                 f"{r['sdpa_default']['median_ms'] / r[k]['median_ms']:.2f}x",
+                 f"{r[k]['max_abs_diff']:.1e}"] for k, name in ATTENTION_KERNELS if k in r]
+        rows += [[name, "failed", "", r[f"{k}_failed"]] for k, name in ATTENTION_KERNELS
+                 if f"{k}_failed" in r]
+        out.append(markdown_table(rows, [f"attention, {shape}: B {B}, heads {H}, tokens {N}, "
+                                         f"head dim {D}, x{r['blocks']} blocks", "ms fwd+bwd",
+                                         "vs SDPA default", "max |diff|"])
+                   + f"\n\nfastest: {r['fastest']}")
+    return "\n\n".join(out)
+
+
+def loop_table(lp: dict[str, Any]) -> str:
+    rows = [["training.train, epoch 2", f"{lp['loop_images_per_second']:.1f}"],
+            ["bare optimizer step, one ready batch", f"{lp['step_images_per_second']:.1f}"]]
+    return (markdown_table(rows, [f"loop vs step (batch {lp['batch_size']}, "
+                                  f"{lp['steps_per_epoch']} steps/epoch)", "images/s"])
+            + f"\n\nloop / step: {lp['ratio_loop_over_step']:.2f}")
+
+
 def pipeline_table(p: dict[str, Any]) -> str:
     best = p[p["best_dataloader"]]["images_per_second"]
     rows = [[name, f"{p[k]['images_per_second']:,.0f}", f"{p[k]['median_s'] * 1e3:.1f}",
@@ -93,5 +122,6 @@ def report(r: dict[str, Any]) -> str:
             f"batch {c['batch_size']}, {c['warmup']} warm-up + {c['steps']} timed steps per "
             f"model in {c['rounds']} alternating rounds; model {sizes(c['model'])}",
             f"1-minute load average: {load['before']:.2f} before, {load['after']:.2f} after"]
-    return "\n\n".join(["\n".join(head), model_table(r["models"]),
+    return "\n\n".join(["\n".join(head), model_table(r["models"]), attention_table(r["attention"]),
+                         loop_table(r["loop"]),
                          pipeline_table(r["pipeline"]), epoch_table(r["epochs"])])

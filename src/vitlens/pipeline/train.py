@@ -44,6 +44,15 @@ CPU_PRESET = {"model.dim": 128, "model.depth": 6, "model.heads": 4, "model.drop_
 CPU_WARN_RATIO = 3.0  # warn on a CPU when a run costs this many times the CPU preset's FLOPs
 
 
+def cpu_preset(params: Params) -> Params:
+    """`params` with make repro-cpu's CPU_PRESET overrides."""
+    raw = params.to_dict()
+    for key, value in CPU_PRESET.items():
+        section, name = key.split(".")
+        raw[section][name] = value
+    return parse_params(raw)
+
+
 def training_flops(params: Params, train_images: int) -> float:
     return (train_flops_per_image(params.model) * epoch_images(params, train_images)
             * params.train.epochs)
@@ -55,11 +64,7 @@ def warn_if_gpu_sized(params: Params, device: torch.device, train_images: int) -
     before the first estimate."""
     if device.type != "cpu":
         return
-    raw = params.to_dict()
-    for key, value in CPU_PRESET.items():
-        section, name = key.split(".")
-        raw[section][name] = value
-    ratio = training_flops(params, train_images) / training_flops(parse_params(raw), train_images)
+    ratio = training_flops(params, train_images) / training_flops(cpu_preset(params), train_images)
     if ratio >= CPU_WARN_RATIO:
         print(f"note: training on a CPU a model sized for a GPU: {ratio:.0f}x the FLOPs of the CPU "
               f"preset ({training_flops(params, train_images) / 1e15:.1f} PFLOP); the estimate "
