@@ -58,28 +58,36 @@ def history(path, key):
     return [row[key] for row in torch.load(path, weights_only=True)["history"]]
 
 
-def test_two_gloo_processes_match_a_single_process(_params_raw, train_archive, cifar_npz,
-                                                   tmp_path, mlflow_store):
-    """Without augmentation or dropout (whose seeds differ per rank), two processes that
-    each take half of every batch and average gradients train the same model as one."""
-    single, multi = tmp_path / "single", tmp_path / "ddp"
-    single.mkdir(), multi.mkdir()
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, _params_raw, train_archive, cifar_npz, mlflow_store):
+    """One train stage under torchrun, 2 gloo processes, without augmentation or dropout
+    (whose seeds differ per rank): its folder, output, seconds, and the runs it added."""
+    multi = tmp_path_factory.mktemp("ddp")
     raw = tiny_raw(_params_raw, train_archive, crop_padding=0, flip=False)
     write_params(multi / "params.yaml", raw)
+    client = MlflowClient()
+    exp_id = client.get_experiment_by_name("tests").experiment_id
+    before = len(client.search_runs([exp_id]))
+    out, seconds = run_stage(multi, cifar_npz)
+    return multi, raw, out, seconds, len(client.search_runs([exp_id])) - before
+
+
+def test_two_gloo_processes_match_a_single_process(ddp_run, cifar_npz, tmp_path):
+    """Two processes that each take half of every batch and average gradients train the
+    same model as one."""
+    multi, raw, out, ddp_s, new_runs = ddp_run
+    single = tmp_path / "single"
+    single.mkdir()
+    raw = copy.deepcopy(raw)
     raw["train"]["nproc"] = 1
     t0 = time.perf_counter()
     run_training(parse_params(raw), cifar_npz, single / "model.pt", single / "history.csv",
                  single / "ckpt.pt")
     single_s = time.perf_counter() - t0
-
-    client = MlflowClient()
-    exp_id = client.get_experiment_by_name("tests").experiment_id
-    before = len(client.search_runs([exp_id]))
-    out, ddp_s = run_stage(multi, cifar_npz)
     print(f"\n{EPOCHS} epochs: single process {single_s:.1f}s, 2 gloo processes {ddp_s:.1f}s")
     assert out.count("wrote ") == 1  # rank 0 alone writes
     assert out.count("training in 2 processes under torchrun (DistributedDataParallel, gloo") == 1
-    assert len(client.search_runs([exp_id])) == before + 1  # and alone touches the store
+    assert new_runs == 1  # and alone touches the store
     assert sorted(p.name for p in multi.iterdir()) == ["history.csv", "model.pt", "params.yaml"]
     for key in ("train_loss", "val_loss", "val_acc"):
         a, b = history(single / "model.pt", key), history(multi / "model.pt", key)
@@ -87,34 +95,25 @@ def test_two_gloo_processes_match_a_single_process(_params_raw, train_archive, c
         assert b == pytest.approx(a, rel=1e-4), (key, a, b)
 
 
-def test_ddp_resumes_from_its_checkpoint(_params_raw, train_archive, cifar_npz, tmp_path):
-    raw = tiny_raw(_params_raw, train_archive, epochs=8)
+def test_ddp_resumes_from_its_checkpoint(ddp_run, cifar_npz, tmp_path):
+    """Killed after its first checkpoint and run again, a DDP training ends with the model
+    of the uninterrupted one (ddp_run, the same params)."""
+    straight, raw, *_ = ddp_run
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    raw = copy.deepcopy(raw)
     raw["tracking"]["enabled"] = False
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    for root in (straight, resumed):
-        root.mkdir()
-        write_params(root / "params.yaml", raw)
-    # The uninterrupted run goes alongside (its own torchrun, on its own free port).
-    along = subprocess.Popen(stage_cmd(straight, cifar_npz), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    try:
-        proc = subprocess.Popen(stage_cmd(resumed, cifar_npz), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while not (resumed / "ckpt.pt").exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
-        kill_all_with(str(resumed / "ckpt.pt"))  # torchrun and its workers, as a crash would
-        proc.wait()
-        assert not (resumed / "model.pt").exists()
-
-        out, _ = run_stage(resumed, cifar_npz)
-        assert "resuming from" in out
-        straight_out, _ = along.communicate(timeout=300)
-    finally:
-        if along.poll() is None:
-            kill_all_with(str(straight / "ckpt.pt"))
-            along.wait()
-    assert along.returncode == 0, straight_out
-    assert "resuming from" not in straight_out
+    write_params(resumed / "params.yaml", raw)
+    proc = subprocess.Popen(stage_cmd(resumed, cifar_npz), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (resumed / "ckpt.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    kill_all_with(str(resumed / "ckpt.pt"))  # torchrun and its workers, as a crash would
+    proc.wait()
+    assert not (resumed / "model.pt").exists()
+    out, _ = run_stage(resumed, cifar_npz)
+    assert "resuming from" in out
+    assert len(history(resumed / "model.pt", "val_acc")) == EPOCHS
     assert val_accs(resumed / "model.pt") == val_accs(straight / "model.pt")
