@@ -56,6 +56,39 @@ def test_evaluate_writes_metrics_plots_and_logs_to_the_run(project, cifar_npz):
     assert "figures/confusion.png" in figures
 
 
+def test_flip_tta_is_reported_beside_the_plain_numbers(project, cifar_npz, tmp_path):
+    """evaluate.flip_tta adds the metrics of logits averaged with the mirrored image; the
+    plain ones stay exactly what they are without it."""
+    from vitlens.cifar import load_arrays
+    from vitlens.data import to_device
+    from vitlens.evaluation import split_logits
+    from vitlens.trained import load_trained
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["evaluate"]["flip_tta"] = True
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    plain = run_evaluation(str(project / "params.yaml"), project / "models/model.pt", cifar_npz,
+                           tmp_path / "plain", tmp_path / "plain.json")
+    both = run_evaluation(str(params), project / "models/model.pt", cifar_npz, tmp_path / "tta",
+                          tmp_path / "tta.json")
+    assert "accuracy_flip_tta" not in plain
+    assert set(both) == set(plain) | {"accuracy_flip_tta", "loss_flip_tta"}
+    assert {k: both[k] for k in plain} == plain
+    t = load_trained(project / "models/model.pt", "cpu")
+    data = load_arrays(cifar_npz)
+    test = to_device(data.x_test, data.y_test, t.device)
+    x = t.norm(test.x)
+    with torch.no_grad():
+        mean = (t.vit(x) + t.vit(x.flip(-1))) / 2
+    got = split_logits(t.vit, test, t.norm, 7, t.device, flip=True)  # batches of 7: order kept
+    assert torch.allclose(got, mean, atol=1e-5)
+    assert not torch.allclose(got, split_logits(t.vit, test, t.norm, 7, t.device), atol=1e-3)
+    assert both["accuracy_flip_tta"] == pytest.approx(
+        (mean.argmax(1) == test.y).float().mean().item())
+    run = MlflowClient().get_run(run_id_of(project))
+    assert run.data.metrics["test/accuracy_flip_tta"] == pytest.approx(both["accuracy_flip_tta"])
+
+
 def test_visualize_writes_every_figure_and_logs_them(project, cifar_npz):
     out = project / "reports/figures"
     run_visualize(str(project / "params.yaml"), project / "models/model.pt", cifar_npz, out)

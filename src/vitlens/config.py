@@ -82,6 +82,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = spec(ge=1)
+    flip_tta: bool = spec()  # also report test metrics of logits averaged with the mirrored image
 
 
 @dataclass(frozen=True)

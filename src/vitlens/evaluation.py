@@ -15,13 +15,18 @@ from vitlens.device import autocast
 
 @torch.no_grad()
 def split_logits(model: nn.Module, split: Split, norm: Normalizer, batch_size: int,
-            device: torch.device) -> Tensor:
-    """Logits (N, classes) in float32 on the CPU, in the order of the split."""
+                 device: torch.device, flip: bool = False) -> Tensor:
+    """Logits (N, classes) in float32 on the CPU, in the order of the split; with `flip`,
+    the mean of each image's logits and its mirror's (test-time augmentation)."""
     model.eval()
     out = []
     for xb, _ in batches(split, batch_size):
+        x = norm(xb)  # (B, 3, H, W)
         with autocast(device):
-            out.append(model(norm(xb)).float().cpu())
+            logits = model(x).float()
+            if flip:
+                logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits.cpu())
     return torch.cat(out)
 
 

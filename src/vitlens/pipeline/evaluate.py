@@ -26,7 +26,13 @@ def run_evaluation(params_path: str | Path, model_path: Path, data_path: Path, o
     per_class = ev.per_class_accuracy()
     support = ev.confusion.sum(axis=1)
 
-    write_json(metrics_path, ev.metrics())
+    metrics = ev.metrics()
+    if params.evaluate.flip_tta:  # beside the plain numbers, never instead of them
+        tta = evaluate_logits(split_logits(trained.vit, test, trained.norm,
+                                           params.evaluate.batch_size, trained.device, flip=True),
+                              test.y, data.classes)
+        metrics.update(accuracy_flip_tta=tta.accuracy, loss_flip_tta=tta.loss)
+    write_json(metrics_path, metrics)
     write_csv(out_dir / "confusion.csv", confusion_rows(data.y_test, ev.predictions, data.classes))
     write_csv(out_dir / "per_class.csv",
               [{"class": c, "accuracy": a, "support": int(n)}
@@ -36,10 +42,14 @@ def run_evaluation(params_path: str | Path, model_path: Path, data_path: Path, o
     run = trained.run(params.tracking.enabled)
     if run is not None:
         run.log_metrics({"test/accuracy": ev.accuracy, "test/loss": ev.loss,
+                         **{f"test/{k}": metrics[k] for k in ("accuracy_flip_tta",
+                                                             "loss_flip_tta") if k in metrics},
                          **{f"test/accuracy/{c}": a for c, a in per_class.items()}})
         run.log_artifact(out_dir / "confusion.png", "figures")
         run.log_artifact(out_dir / "per_class.csv", "evaluation")
         run.log_artifact(metrics_path, "evaluation")
-    print(f"test accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f} on {len(test)} images "
+    tta_line = (f" (flip TTA: {metrics['accuracy_flip_tta']:.4f}, {metrics['loss_flip_tta']:.4f})"
+                if "accuracy_flip_tta" in metrics else "")
+    print(f"test accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f}{tta_line} on {len(test)} images "
           f"-> {metrics_path}")
-    return ev.metrics()
+    return metrics
