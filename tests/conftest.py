@@ -27,7 +27,7 @@ import socket  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NamedTuple  # noqa: E402
 
@@ -270,6 +270,20 @@ def tiny_params(params_dict: dict, train_archive: Archive):
             raw[section][name] = value
         return parse_params(raw)
     return make
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_global_uri_follows_env() -> Iterator[None]:
+    """`tracking.client()` points mlflow's process-wide URI at the store it opens, and it
+    stays there when the environment changes back: a server a test started and stopped
+    would leave later tests in this worker on a dead port (a module's fixture may undo
+    its environment after its last test). Each test starts and ends on the environment's."""
+    def follow() -> None:
+        if "mlflow" in sys.modules:
+            sys.modules["mlflow"].set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
+    follow()
+    yield
+    follow()
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from conftest import shrink, write_params
 from vitlens.config import parse_params
 from vitlens.pipeline.train import run_training
+from vitlens.tracking import tracking_uri
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
@@ -65,7 +66,7 @@ def ddp_run(tmp_path_factory, _params_raw, train_archive, cifar_npz, mlflow_stor
     multi = tmp_path_factory.mktemp("ddp")
     raw = tiny_raw(_params_raw, train_archive, crop_padding=0, flip=False)
     write_params(multi / "params.yaml", raw)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     exp_id = client.get_experiment_by_name("tests").experiment_id
     before = len(client.search_runs([exp_id]))
     out, seconds = run_stage(multi, cifar_npz)

@@ -188,7 +188,6 @@ def test_vitlens_serve_keeps_up_and_answers_pictures_as_predict_does(project, ci
 @pytest.fixture
 def team_server(tmp_path, monkeypatch) -> Iterator[Server]:
     """A team tracking server: SQLite backend, artifacts proxied through it to a folder."""
-    import mlflow
     root = tmp_path / "server"
     root.mkdir()
     port = free_port()
@@ -200,11 +199,7 @@ def team_server(tmp_path, monkeypatch) -> Iterator[Server]:
         for key, value in FAIL_FAST.items():
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("DVC_ROOT", raising=False)
-        try:
-            yield server
-        finally:
-            monkeypatch.undo()
-            mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))  # not the dead server
+        yield server
 
 
 def params_of(work: Path):
