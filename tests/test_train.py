@@ -87,9 +87,11 @@ def crash_after(monkeypatch, epochs: int):
     monkeypatch.setattr(training, "save_checkpoint", save_then_maybe_die)
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resume_after_crash_matches_uninterrupted_run(tiny_params, cifar_npz, tmp_path,
-                                                      monkeypatch):
-    p = tiny_params(**{"tracking.enabled": False, "model.dropout": 0.1})
+                                                      monkeypatch, ema):
+    """The saved weights, the moving average's when train.ema is on, come out the same."""
+    p = tiny_params(**{"tracking.enabled": False, "model.dropout": 0.1, "train.ema": ema})
     straight = stage(p, cifar_npz, tmp_path / "straight")
 
     crash_after(monkeypatch, 2)
@@ -243,7 +245,8 @@ def test_checkpoint_digest_covers_only_what_changes_the_weights(tiny_params, tmp
         assert checkpoint.checkpoint_digest(tiny_params(**change)) == base, change
     other = [{"data.md5": "0" * 32}, {"data.val_seed": 1}, {"data.train_subset": 100},
              {"model.dim": 48}, {"train.lr": 0.001}, {"train.epochs": 4}, {"train.seed": 1},
-             {"train.batch_size": 16}, {"train.flip": False}, {"train.nproc": 2}]
+             {"train.batch_size": 16}, {"train.flip": False}, {"train.nproc": 2},
+             {"train.ema": 0.9}, {"train.label_smoothing_decay": True}, {"model.pos_embed": "sincos"}]
     for change in other:
         assert checkpoint.checkpoint_digest(tiny_params(**change)) != base, change
 

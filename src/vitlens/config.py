@@ -40,6 +40,9 @@ class DataConfig:
     train_subset: int = spec(ge=0)
 
 
+POS_EMBEDS = ("learned", "sincos")  # learned positions, or fixed 2-D sin-cos ones
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     image_size: int = spec(ge=1)
@@ -51,6 +54,7 @@ class ModelConfig:
     dropout: float = spec(ge=0, lt=1)
     attn_dropout: float = spec(ge=0, lt=1)
     drop_path: float = spec(ge=0, lt=1)
+    pos_embed: str = spec(choices=POS_EMBEDS)
 
 
 # torch.compile's modes: reduce-overhead adds CUDA graphs (one launch per graph, not per
@@ -67,6 +71,8 @@ class TrainConfig:
     weight_decay: float = spec(ge=0)
     warmup_epochs: float = spec(ge=0)
     label_smoothing: float = spec(ge=0, lt=1)
+    label_smoothing_decay: bool = spec()  # linearly from label_smoothing to 0 over the run
+    ema: float = spec(ge=0, lt=1)  # per-step decay of the weights' moving average; 0 = off
     grad_clip: float = spec(ge=0)
     crop_padding: int = spec(ge=0)
     flip: bool = spec()
@@ -226,6 +232,8 @@ def _cross_checks(p: Params) -> None:
                           f"model.patch_size={m.patch_size}")
     if m.dim % m.heads:
         raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
+    if m.pos_embed == "sincos" and m.dim % 4:
+        raise ConfigError(f"model.dim={m.dim} must be divisible by 4 for model.pos_embed=sincos")
     if t.warmup_epochs > t.epochs:
         raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} must be <= "
                           f"train.epochs={t.epochs}")

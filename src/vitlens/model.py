@@ -1,5 +1,5 @@
-"""A Vision Transformer, written here: patch embedding, CLS token, learned positions,
-pre-norm encoder blocks, final norm and a linear head."""
+"""A Vision Transformer, written here: patch embedding, CLS token, learned (or fixed 2-D
+sin-cos) positions, pre-norm encoder blocks, final norm and a linear head."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -90,17 +90,34 @@ class Block(nn.Module):
         return x, attn
 
 
+def sincos_2d(grid: int, dim: int) -> Tensor:
+    """Fixed positions (1, 1 + grid*grid, dim), as in MAE: a quarter of the channels are
+    sin and cos of the row at geometric frequencies, a quarter of the column, and so on;
+    the CLS token's row is zero (it has no place in the image)."""
+    assert dim % 4 == 0, f"dim {dim} must be divisible by 4 for sin-cos positions"
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    angles = [c.flatten()[:, None].double() * omega for c in (rows, cols)]  # (grid*grid, dim/4)
+    pe = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
+    return torch.cat([pe.new_zeros(1, dim), pe]).float()[None]
+
+
 class ViT(nn.Module):
     def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int,
                  depth: int, heads: int, mlp_ratio: float, dropout: float = 0.0,
-                 attn_dropout: float = 0.0, drop_path: float = 0.0, channels: int = 3):
+                 attn_dropout: float = 0.0, drop_path: float = 0.0, channels: int = 3,
+                 pos_embed: str = "learned"):
         super().__init__()
         assert image_size % patch_size == 0, "image size must be divisible by patch size"
         self.grid = image_size // patch_size
         self.patch_size = patch_size
         self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
+        assert pos_embed in ("learned", "sincos"), f"unknown pos_embed {pos_embed!r}"
+        if pos_embed == "sincos":  # a buffer: saved with the weights, never trained
+            self.register_buffer("pos_embed", sincos_2d(self.grid, dim))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
         self.drop = nn.Dropout(dropout)
         # Stochastic depth grows linearly with depth: early blocks are kept almost always.
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
@@ -112,7 +129,8 @@ class ViT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -141,7 +159,8 @@ class ViT(nn.Module):
 def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
     return ViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=num_classes,
                dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-               dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, drop_path=cfg.drop_path)
+               dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, drop_path=cfg.drop_path,
+               pos_embed=cfg.pos_embed)
 
 
 def train_flops_per_image(cfg: ModelConfig, num_classes: int = 10) -> float:

@@ -27,6 +27,14 @@ def lr_at(step: int, *, total: int, warmup: int, lr: float, min_lr: float) -> fl
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
+def smoothing_at(step: int, *, total: int, t: TrainConfig) -> float:
+    """train.label_smoothing; with train.label_smoothing_decay, linearly down to 0 at the
+    last of `total` steps (airbench's choice: soft targets early, sharp ones at the end)."""
+    if not t.label_smoothing_decay:
+        return t.label_smoothing
+    return t.label_smoothing * max(0.0, 1.0 - step / max(total - 1, 1))
+
+
 def seed_epoch(seed: int, epoch: int, rank: int, gens: dict[str, torch.Generator]) -> None:
     """Seed everything random in an epoch from (seed, epoch, rank) alone, so a resumed run
     repeats an uninterrupted one exactly on every rank without saving RNG states. The data
@@ -89,13 +97,15 @@ def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> to
 
 
 def optimizer_step(fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor,
-                   y: Tensor, t: TrainConfig, device: torch.device) -> tuple[Tensor, Tensor]:
+                   y: Tensor, t: TrainConfig, device: torch.device, *,
+                   label_smoothing: float | None = None) -> tuple[Tensor, Tensor]:
     """One step on (x, y): autocast forward through `fwd` (the model, maybe wrapped),
-    label-smoothed loss in fp32, backward, clipping, AdamW; returns (loss, logits), left on
-    the device: reading them is a host sync."""
+    label-smoothed loss in fp32 (train.label_smoothing unless given), backward, clipping,
+    AdamW; returns (loss, logits), left on the device: reading them is a host sync."""
+    smoothing = t.label_smoothing if label_smoothing is None else label_smoothing
     with autocast(device):
         logits = fwd(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if t.grad_clip:

@@ -62,7 +62,9 @@ def load_trained(path: str | Path, device: torch.device | str = "auto") -> Train
                            "rerun the train stage (dvc repro train)") from None
     if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
         raise VitlensError(f"{path} is not a model written by the train stage")
-    vit = build_model(ModelConfig(**rec["model_config"]), rec["num_classes"])
+    # Records written before model.pos_embed existed hold learned positions.
+    vit = build_model(ModelConfig(**{"pos_embed": "learned", **rec["model_config"]}),
+                      rec["num_classes"])
     vit.load_state_dict(rec["state_dict"])
     vit = vit.to(dev).eval()
     return Trained(vit=vit, norm=Normalizer(rec["mean"], rec["std"]), classes=list(rec["classes"]),

@@ -27,6 +27,7 @@ from vitlens.data import (
 )
 from vitlens.device import pick_device
 from vitlens.distributed import Dist
+from vitlens.ema import EMA
 from vitlens.errors import VitlensError
 from vitlens.evaluation import evaluate_logits, split_logits
 from vitlens.model import ViT, build_model
@@ -38,6 +39,7 @@ from vitlens.step import (
     make_optimizer,
     optimizer_step,
     seed_epoch,
+    smoothing_at,
 )
 from vitlens.tracking import epoch_metrics
 
@@ -63,21 +65,23 @@ class TrainResult:
     device: torch.device
 
 
-def _train_epoch(bar: tqdm, fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,
+def _train_epoch(bar: tqdm, fwd: nn.Module, s: Setup,
                  batch: Callable[[Tensor], tuple[Tensor, Tensor]], t: TrainConfig,
-                 schedule: Callable[[int], float], step: int, epoch: int,
-                 device: torch.device, eta_total: int | None) -> tuple[EpochStats, int, float]:
+                 step: int, epoch: int, eta_total: int | None) -> tuple[EpochStats, int, float]:
     """One pass over this rank's batches (`bar` yields their indices, `batch` makes inputs
     and labels of them); returns the running sums, the step and the last lr. With
     `eta_total` (the run's last step), prints an estimate of the rest after ETA_STEP steps."""
     fwd.train()
-    stats, t0, lr = EpochStats(device), time.perf_counter(), schedule(step)
+    stats, t0, lr = EpochStats(s.device), time.perf_counter(), s.schedule(step)
     for i, idx in enumerate(bar):
-        lr = schedule(step)
-        for g in opt.param_groups:
+        lr = s.schedule(step)
+        for g in s.opt.param_groups:
             g["lr"] = lr
         x, yb = batch(idx)
-        loss, logits = optimizer_step(fwd, model, opt, x, yb, t, device)
+        loss, logits = optimizer_step(fwd, s.model, s.opt, x, yb, t, s.device,
+                                      label_smoothing=s.smoothing(step))
+        if s.ema is not None:
+            s.ema.update(s.model)
         step += 1
         stats.add(loss, logits, yb)
         if i % SYNC_EVERY == 0:
@@ -130,8 +134,15 @@ class Setup:
     norm: Normalizer
     device: torch.device
     steps_per_epoch: int
-    schedule: Callable[[int], float]
+    schedule: Callable[[int], float]  # step -> lr
+    smoothing: Callable[[int], float]  # step -> label smoothing
     gens: dict[str, torch.Generator]
+    ema: EMA | None  # train.ema's average of the weights
+
+    @property
+    def final(self) -> ViT:
+        """The weights a run validates, tests and saves: the average when there is one."""
+        return cast(ViT, self.ema.model) if self.ema is not None else self.model
 
 
 def setup(params: Params, data: Cifar10) -> Setup:
@@ -148,7 +159,8 @@ def setup(params: Params, data: Cifar10) -> Setup:
     schedule = partial(lr_at, total=total, warmup=warmup, lr=t.lr, min_lr=t.min_lr)
     gens = {"order": torch.Generator(device), "augment": torch.Generator(device)}
     return Setup(model, make_optimizer(model, t, device), train_split, val_split, norm, device,
-                 steps_per_epoch, schedule, gens)
+                 steps_per_epoch, schedule, partial(smoothing_at, total=total, t=t), gens,
+                 EMA(model, t.ema) if t.ema else None)
 
 
 def resume(s: Setup, state: dict | None) -> tuple[int, int, list[dict[str, float]]]:
@@ -158,6 +170,8 @@ def resume(s: Setup, state: dict | None) -> tuple[int, int, list[dict[str, float
         return 0, 0, []
     s.model.load_state_dict(state["model"])
     s.opt.load_state_dict(state["optimizer"])
+    if s.ema is not None:  # train.ema is in the digest: its checkpoints hold the average
+        s.ema.restore(state)
     return state["epoch"], state["step"], state["history"]
 
 
@@ -170,7 +184,7 @@ def forward_module(model: nn.Module, t: TrainConfig,
 
 def validate(s: Setup, classes: list[str]) -> tuple[float, float]:
     """(loss, accuracy) on the validation split."""
-    val = evaluate_logits(split_logits(s.model, s.val_split, s.norm, VAL_BATCH, s.device),
+    val = evaluate_logits(split_logits(s.final, s.val_split, s.norm, VAL_BATCH, s.device),
                           s.val_split.y, classes)
     return val.loss, val.accuracy
 
@@ -212,8 +226,8 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
                    total=s.steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", leave=False,
                    disable=not dist.main, mininterval=1.0)
         first = epoch == start_epoch + 1 and dist.main
-        stats, step, lr = _train_epoch(bar, fwd, s.model, s.opt, batch, t, s.schedule, step, epoch,
-                                       s.device, s.steps_per_epoch * t.epochs if first else None)
+        stats, step, lr = _train_epoch(bar, fwd, s, batch, t, step, epoch,
+                                       s.steps_per_epoch * t.epochs if first else None)
         train_loss, train_acc = stats.result(dist)
         train_seconds = time.perf_counter() - t0
         val_loss, val_acc = validate(s, data.classes)
@@ -224,14 +238,15 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
         history.append(row)
         if dist.main:
             if hook is not None:
-                hook.after_epoch(epoch, s.model, s.norm)
+                hook.after_epoch(epoch, s.final, s.norm)
             mean_s = statistics.mean(r["epoch_seconds"] for r in history[start_epoch:])
             print(epoch_line(row, t.epochs, mean_s * (t.epochs - epoch)), flush=True)
             # Checkpoint, then log: a kill in between leaves the epoch unlogged, and the
             # resumed run logs what its checkpoint holds but the store lacks (exactly once).
+            extra = {**(hook.state() if hook is not None else {}),
+                     **(s.ema.state() if s.ema is not None else {})}
             save_checkpoint(checkpoint_state(s.model, s.opt, epoch, step, history, digest,
-                                             run.id if run is not None else None,
-                                             hook.state() if hook is not None else None), checkpoint)
+                                             run.id if run is not None else None, extra), checkpoint)
             if run is not None:
                 run.log_metrics(epoch_metrics(row), step=epoch)
-    return TrainResult(s.model, history, s.norm, s.device)
+    return TrainResult(s.final, history, s.norm, s.device)

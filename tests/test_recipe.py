@@ -1,0 +1,106 @@
+"""The recipe's options: a moving average of the weights, decaying label smoothing, fixed
+2-D sin-cos positions. Each is off in params.yaml; on, it must do what it says."""
+import pytest
+import torch
+from torch import nn
+
+from vitlens import step, training
+from vitlens.cifar import load_arrays
+from vitlens.config import ConfigError
+from vitlens.ema import EMA
+from vitlens.model import sincos_2d
+from vitlens.pipeline import train as pipeline_train
+from vitlens.trained import load_trained
+
+
+def fit(params, cifar_npz, tmp_path):
+    return training.train(params, load_arrays(cifar_npz), checkpoint=tmp_path / "ckpt.pt")
+
+
+def test_ema_averages_with_its_warm_started_decay():
+    model = nn.Linear(2, 1)
+    nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.5)
+    expected = torch.zeros(1, 2)
+    for n, value in enumerate([4.0, 8.0, 2.0, 6.0], start=1):
+        model.weight.data.fill_(value)
+        ema.update(model)
+        d = min(0.5, (1 + n) / (10 + n))  # 0.18, 0.25, 0.31, 0.36: the warm start holds
+        expected = d * expected + (1 - d) * value
+        assert torch.allclose(ema.model.weight, expected), n
+    assert ema.updates == 4 and not ema.model.training
+
+
+def test_an_ema_run_trains_the_same_weights_and_validates_saves_their_average(
+        tiny_params, cifar_npz, tmp_path):
+    plain = fit(tiny_params(**{"train.epochs": 2}), cifar_npz, tmp_path / "plain")
+    p = tiny_params(**{"train.epochs": 2, "train.ema": 0.9})
+    averaged = fit(p, cifar_npz, tmp_path / "ema")
+    ckpt = torch.load(tmp_path / "ema" / "ckpt.pt", weights_only=True)
+    for k, w in plain.model.state_dict().items():  # the average never feeds back into training
+        assert torch.equal(ckpt["model"][k], w), k
+    assert ckpt["ema_updates"] == 2 * (len(load_arrays(cifar_npz).y_train) - 40) // 32
+    differ = [k for k, w in averaged.model.state_dict().items() if not torch.equal(w, ckpt["model"][k])]
+    assert differ and all(torch.equal(averaged.model.state_dict()[k], v) for k, v in ckpt["ema"].items())
+    s = training.setup(p, load_arrays(cifar_npz))
+    s.final.load_state_dict(ckpt["ema"])  # what validation reads when train.ema is on
+    assert training.validate(s, load_arrays(cifar_npz).classes)[1] == averaged.history[-1]["val_acc"]
+
+
+def test_the_stage_saves_the_average(tiny_params, cifar_npz, tmp_path, monkeypatch):
+    results = []
+
+    def keep(*args, **kw):
+        results.append(training.train(*args, **kw))
+        return results[-1]
+    monkeypatch.setattr(pipeline_train, "train", keep)
+    saved = []
+    for ema in (0.0, 0.9):
+        p = tiny_params(**{"train.epochs": 1, "train.ema": ema, "tracking.enabled": False})
+        out = tmp_path / f"ema-{ema}" / "model.pt"
+        pipeline_train.run_training(p, cifar_npz, out, out.with_name("history.csv"),
+                                    out.with_name("ckpt.pt"))
+        saved.append(load_trained(out, "cpu").vit.state_dict())
+    plain, averaged = saved
+    assert all(torch.equal(averaged[k], v) for k, v in results[1].model.state_dict().items())
+    assert not torch.equal(plain["head.weight"], averaged["head.weight"])
+
+
+def test_label_smoothing_decays_linearly_to_zero_when_asked(tiny_params):
+    on = tiny_params(**{"train.label_smoothing": 0.2, "train.label_smoothing_decay": True}).train
+    off = tiny_params(**{"train.label_smoothing": 0.2}).train
+    values = [step.smoothing_at(i, total=5, t=on) for i in range(5)]
+    assert values == pytest.approx([0.2, 0.15, 0.1, 0.05, 0.0])
+    assert {step.smoothing_at(i, total=5, t=off) for i in range(5)} == {0.2}
+
+
+def test_the_training_loop_passes_each_steps_smoothing(tiny_params, cifar_npz, tmp_path, monkeypatch):
+    seen = []
+    real = training.optimizer_step
+
+    def spy(*args, label_smoothing, **kw):
+        seen.append(label_smoothing)
+        return real(*args, label_smoothing=label_smoothing, **kw)
+    monkeypatch.setattr(training, "optimizer_step", spy)
+    p = tiny_params(**{"train.epochs": 2, "train.label_smoothing": 0.2,
+                       "train.label_smoothing_decay": True})
+    fit(p, cifar_npz, tmp_path)
+    assert seen[0] == pytest.approx(0.2) and seen[-1] == pytest.approx(0.0)
+    assert all(a > b for a, b in zip(seen, seen[1:]))
+
+
+def test_sincos_positions_are_fixed_distinct_and_saved(tiny_params, cifar_npz, tmp_path):
+    pe = sincos_2d(8, 32)
+    assert pe.shape == (1, 65, 32) and torch.equal(pe[0, 0], torch.zeros(32))
+    assert torch.cdist(pe[0, 1:], pe[0, 1:]).add(torch.eye(64)).min() > 0.1  # no two patches alike
+    p = tiny_params(**{"train.epochs": 1, "model.pos_embed": "sincos", "tracking.enabled": False})
+    out = tmp_path / "model.pt"
+    pipeline_train.run_training(p, cifar_npz, out, tmp_path / "history.csv", tmp_path / "ckpt.pt")
+    vit = load_trained(out, "cpu").vit
+    assert "pos_embed" not in dict(vit.named_parameters())
+    assert torch.equal(vit.pos_embed, sincos_2d(8, 32))  # trained, yet unchanged
+
+
+def test_sincos_needs_a_width_divisible_by_four(tiny_params):
+    with pytest.raises(ConfigError, match="divisible by 4 for model.pos_embed=sincos"):
+        tiny_params(**{"model.pos_embed": "sincos", "model.dim": 30, "model.heads": 2})
