@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from vitlens import device
 from vitlens.config import ModelConfig, load_params
 from vitlens.data import channel_stats
-from vitlens.model import train_flops_per_image
+from vitlens.model import build_model, train_flops_per_image
 from vitlens.perf import bench, bench_data
+from vitlens.step import make_optimizer, optimizer_step
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 MAX_CPU_FLOPS = 10e12  # FLOP/s: far above any CPU's fp32 peak; a faster "step" did no work
@@ -227,3 +229,37 @@ def test_the_training_loop_is_timed_against_its_bare_step(quick_run):
     assert lp["ratio_loop_over_step"] == pytest.approx(
         lp["loop_images_per_second"] / lp["step_images_per_second"])
     assert f"loop / step: {lp['ratio_loop_over_step']:.2f}" in printed
+
+
+def test_bf16_is_timed_beside_fp32_with_the_cpus_flags(quick_run):
+    result, printed, _ = quick_run
+    pr = result["precision"]
+    assert pr["batch_size"] == result["config"]["batch_size"]
+    assert pr["native_bf16_flags"] == device.native_bf16_cpu()
+    for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        assert len(pr[name]["seconds"]) == result["config"]["steps"], name
+        assert pr[name]["logits_dtype"] == dtype, name
+    assert pr["speedup_bf16_over_fp32"] == pytest.approx(statistics.median(
+        f / b for f, b in zip(pr["fp32"]["round_medians_s"], pr["bf16"]["round_medians_s"])))
+    assert f"bf16 / fp32: {pr['speedup_bf16_over_fp32']:.2f}x" in printed
+
+
+def test_the_step_runs_in_the_precision_asked(tiny_params):
+    """bf16=True autocasts the forward on a CPU too; the default there is fp32."""
+    p = tiny_params()
+    torch.manual_seed(0)
+    model = build_model(p.model, 10)
+    opt = make_optimizer(model, p.train, torch.device("cpu"))
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    cpu = torch.device("cpu")
+    dtypes = [optimizer_step(model, model, opt, x, y, p.train, cpu, bf16=bf16)[1].dtype
+              for bf16 in (None, False, True)]
+    assert dtypes == [torch.float32, torch.float32, torch.bfloat16]
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert {"avx2", "avx512_bf16"} <= device.cpu_flags(info)
+    assert device.cpu_flags(tmp_path / "absent") == set()

@@ -1,6 +1,7 @@
 """Where the tensors live and in which precision: device choice and autocast."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,29 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device) -> Any:
-    """bf16 on CUDA (no loss scaling needed), full fp32 elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+# CPU flags of native bf16 matrix products (Zen 4, Sapphire Rapids and later); without
+# them bf16 is emulated, many times slower than fp32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags as Linux lists them; empty where there is no such file."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def native_bf16_cpu() -> list[str]:
+    """The native-bf16 flags this CPU has (none: bf16 would be emulated)."""
+    flags = cpu_flags()
+    return [f for f in NATIVE_BF16_FLAGS if f in flags]
+
+
+def autocast(device: torch.device, bf16: bool | None = None) -> Any:
+    """bf16 autocast where asked, by default on CUDA alone (no loss scaling needed); fp32
+    elsewhere."""
+    enabled = device.type == "cuda" if bf16 is None else bf16
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -98,12 +98,14 @@ def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> to
 
 def optimizer_step(fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor,
                    y: Tensor, t: TrainConfig, device: torch.device, *,
-                   label_smoothing: float | None = None) -> tuple[Tensor, Tensor]:
-    """One step on (x, y): autocast forward through `fwd` (the model, maybe wrapped),
-    label-smoothed loss in fp32 (train.label_smoothing unless given), backward, clipping,
-    AdamW; returns (loss, logits), left on the device: reading them is a host sync."""
+                   label_smoothing: float | None = None,
+                   bf16: bool | None = None) -> tuple[Tensor, Tensor]:
+    """One step on (x, y): autocast forward through `fwd` (the model, maybe wrapped; bf16
+    as `device.autocast` decides unless given), label-smoothed loss in fp32
+    (train.label_smoothing unless given), backward, clipping, AdamW; returns (loss,
+    logits), left on the device: reading them is a host sync."""
     smoothing = t.label_smoothing if label_smoothing is None else label_smoothing
-    with autocast(device):
+    with autocast(device, bf16):
         logits = fwd(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
     opt.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ from vitlens.model import build_model
 from vitlens.perf.bench_attention import bench_attention
 from vitlens.perf.bench_data import IMAGE_SIZE, NUM_CLASSES, bench_pipelines, synthetic_images
 from vitlens.perf.bench_loop import bench_loop
+from vitlens.perf.bench_precision import bench_precision
 from vitlens.perf.bench_report import environment, report
 from vitlens.perf.timing import alternate, paired_speedup, summarize_calls, time_calls
 from vitlens.pipeline.train import cpu_preset
@@ -218,6 +219,8 @@ def run_bench(params: Params, s: Settings, device: torch.device,
                       for name, cfg, batch in attention_shapes(params, s, quick)},
         "loop": bench_loop(*loop_subject(params, s, quick), steps=4 if quick else 30,
                            device=device),
+        "precision": bench_precision(*loop_subject(params, s, quick), steps=s.steps,
+                                     rounds=s.rounds, device=device),
         "pipeline": bench_pipelines(params, images=s.images, batch_size=s.batch_size,
                                      epochs=s.pipeline_epochs, device=device),
         "epochs": bench_epochs(params, s, device)}

@@ -92,6 +92,15 @@ def loop_table(lp: dict[str, Any]) -> str:
             + f"\n\nloop / step: {lp['ratio_loop_over_step']:.2f}")
 
 
+def precision_table(pr: dict[str, Any]) -> str:
+    rows = [[name, f"{pr[name]['images_per_second']:.1f}", f"{pr[name]['median_s'] * 1e3:.0f}"]
+            for name in ("fp32", "bf16")]
+    flags = ", ".join(pr["native_bf16_flags"]) or "none"
+    return (markdown_table(rows, [f"train step, batch {pr['batch_size']}", "images/s", "median ms"])
+            + f"\n\nbf16 / fp32: {pr['speedup_bf16_over_fp32']:.2f}x (paired); "
+            f"the CPU's native-bf16 flags: {flags}")
+
+
 def pipeline_table(p: dict[str, Any]) -> str:
     best = p[p["best_dataloader"]]["images_per_second"]
     rows = [[name, f"{p[k]['images_per_second']:,.0f}", f"{p[k]['median_s'] * 1e3:.1f}",
@@ -123,5 +132,5 @@ def report(r: dict[str, Any]) -> str:
             f"model in {c['rounds']} alternating rounds; model {sizes(c['model'])}",
             f"1-minute load average: {load['before']:.2f} before, {load['after']:.2f} after"]
     return "\n\n".join(["\n".join(head), model_table(r["models"]), attention_table(r["attention"]),
-                         loop_table(r["loop"]),
+                         loop_table(r["loop"]), precision_table(r["precision"]),
                          pipeline_table(r["pipeline"]), epoch_table(r["epochs"])])
