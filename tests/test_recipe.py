@@ -39,7 +39,7 @@ def test_an_ema_run_trains_the_same_weights_and_validates_saves_their_average(
     ckpt = torch.load(tmp_path / "ema" / "ckpt.pt", weights_only=True)
     for k, w in plain.model.state_dict().items():  # the average never feeds back into training
         assert torch.equal(ckpt["model"][k], w), k
-    assert ckpt["ema_updates"] == 2 * (len(load_arrays(cifar_npz).y_train) - 40) // 32
+    assert ckpt["ema_updates"] == 2 * ((len(load_arrays(cifar_npz).y_train) - 40) // 32)  # 2 epochs of steps
     differ = [k for k, w in averaged.model.state_dict().items() if not torch.equal(w, ckpt["model"][k])]
     assert differ and all(torch.equal(averaged.model.state_dict()[k], v) for k, v in ckpt["ema"].items())
     s = training.setup(p, load_arrays(cifar_npz))
