@@ -22,6 +22,7 @@ import gzip  # noqa: E402
 import hashlib  # noqa: E402
 import io  # noqa: E402
 import pickle  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
@@ -222,9 +223,13 @@ def _params_raw() -> dict:
 
 
 @pytest.fixture
-def params_dict(_params_raw: dict) -> dict:
-    """The project's real params.yaml as a dict, a fresh copy per test."""
-    return copy.deepcopy(_params_raw)
+def params_dict(_params_raw: dict) -> Iterator[dict]:
+    """The project's real params.yaml as a dict, a fresh copy per test. The session's dict
+    must stay as the file has it (a test that shrank it in place failed others that ran
+    after it on the same worker): each test that reads it checks so at the end."""
+    yield copy.deepcopy(_params_raw)
+    assert _params_raw == yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()), \
+        "a test changed the session's params dict in place: use params_dict, or copy it"
 
 
 def shrink(raw: dict, archive: Archive) -> dict:
@@ -287,12 +292,30 @@ def _mlflow_global_uri_follows_env() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SQLite MLflow store for the session (creating one costs seconds of migrations),
-    with the test experiment's artifacts inside it."""
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with every migration applied, to copy: creating a store
+    costs seconds of migrations, which a server or a stage would otherwise pay on each fresh
+    one. test_pipeline.py's first `dvc repro` still creates its store from nothing."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("migrated") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def copy_store(migrated_db: Path, folder: Path) -> Path:
+    """`folder/mlflow.db`, a copy of the migrated empty store."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(migrated_db, folder / "mlflow.db"))
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Path:
+    """One SQLite MLflow store for the session, with the test experiment's artifacts inside it."""
     from vitlens import tracking
 
     root = tmp_path_factory.mktemp("mlflow")
+    copy_store(migrated_db, root)
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     mp.setenv("DVC_ROOT", str(root))

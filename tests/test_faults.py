@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, shrink, write_params
+from conftest import copy_store, run_cli, shrink, write_params
 from vitlens import io as vio
 from vitlens.checkpoint import save_checkpoint
 from vitlens.errors import VitlensError
@@ -130,11 +130,11 @@ def test_a_corrupt_checkpoint_is_ignored_and_training_starts_over(tiny_params, c
 @pytest.mark.parametrize("cut", [0.5, 0.0])
 def test_a_truncated_dataset_names_the_file_and_the_stage_to_rerun(cut, cifar_npz, tmp_path,
                                                                    monkeypatch, capsys,
-                                                                   _params_raw, train_archive):
+                                                                   params_dict, train_archive):
     from vitlens.stages import train as train_stage
     data = tmp_path / "cifar10.npz"
     data.write_bytes(cifar_npz.read_bytes()[:int(cut * cifar_npz.stat().st_size)])
-    params = write_params(tmp_path / "params.yaml", shrink(_params_raw, train_archive))
+    params = write_params(tmp_path / "params.yaml", shrink(params_dict, train_archive))
     code, out, err = run_cli(monkeypatch, capsys, train_stage.main, "--params", params,
                              "--data", data, "--out", tmp_path / "model.pt")
     assert code == 1 and err.count("\n") == 1, err
@@ -163,14 +163,14 @@ def test_a_truncated_model_file_names_it_and_the_stage_to_rerun(command, project
 
 @pytest.mark.slow
 def test_sigterm_marks_the_run_killed_keeps_the_checkpoint_and_the_rerun_resumes(
-        tmp_path, _params_raw, train_archive, cifar_npz):
+        tmp_path, params_dict, train_archive, cifar_npz, migrated_db):
     """What `dvc queue kill` and job schedulers send, to the real stage process."""
     from mlflow.tracking import MlflowClient
-    raw = shrink(_params_raw, train_archive)
+    raw = shrink(params_dict, train_archive)
     raw["train"]["epochs"] = 8
     raw["tracking"]["log_model"] = False
     write_params(tmp_path / "params.yaml", raw)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{copy_store(migrated_db, tmp_path)}",
            "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     env.pop("DVC_ROOT", None)
     cmd = [sys.executable, "-m", "vitlens.stages.train", "--data", str(cifar_npz)]
