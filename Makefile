@@ -28,8 +28,10 @@ repro-cpu: setup
 	dvc exp run $(CPU_PRESET) $(EXTRA)
 
 # One worker per core; a file's tests stay together on one worker, in file order (the
-# end-to-end files build on their own earlier tests).
-PYTEST_PAR := -n auto --dist loadfile
+# end-to-end files build on their own earlier tests). Files go out in name order: xdist's
+# default hands out the files with the most tests first, which leaves the few long
+# end-to-end tests (DVC, servers) queued on one worker at the end.
+PYTEST_PAR := -n auto --dist loadfile --no-loadscope-reorder
 
 test: setup
 	pytest -q $(PYTEST_PAR)

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import free_port
+from conftest import copy_store, free_port
 
 pytest.importorskip("flask_wtf", reason="the auth app needs mlflow[auth] (Flask-WTF)")
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ ADMIN_PASSWORD = "a-Strong-pass-4-tests"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, migrated_db):
     root = tmp_path_factory.mktemp("auth-server")
     ini = root / "auth.ini"
     ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root / 'users.db'}\n"
@@ -28,7 +28,7 @@ def server(tmp_path_factory):
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret", "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                             "--backend-store-uri", f"sqlite:///{copy_store(migrated_db, root)}",
                              "--artifacts-destination", str(root / "artifacts")],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

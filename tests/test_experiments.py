@@ -11,15 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import registered_uri, run_cli
+from conftest import copy_store, registered_uri, run_cli
 from dvcrepo import BIN, clean_env, client, dvc, make_repo, runs_by_exp_name, sh, stages_run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, _params_raw, train_archive) -> Path:
-    return make_repo(tmp_path_factory.mktemp("exprepo"), _params_raw, train_archive)
+def repo(tmp_path_factory, _params_raw, train_archive, migrated_db) -> Path:
+    """The project, its store already migrated (test_pipeline.py starts from none)."""
+    root = make_repo(tmp_path_factory.mktemp("exprepo"), _params_raw, train_archive)
+    copy_store(migrated_db, root)
+    return root
 
 
 def test_temp_and_queued_experiments_land_in_the_project_store(repo):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES, free_port, registered_uri, shrink, write_params
+from conftest import CLASSES, copy_store, free_port, registered_uri, shrink, write_params
 from vitlens import tracking
 from vitlens.cifar import load_arrays
 from vitlens.cli.models import FileModel
@@ -185,20 +185,23 @@ def test_vitlens_serve_keeps_up_and_answers_pictures_as_predict_does(project, ci
     assert "400 images[0]: not base64" in (tmp_path / "serve.log").read_text()
 
 
-@pytest.fixture
-def team_server(tmp_path, monkeypatch) -> Iterator[Server]:
-    """A team tracking server: SQLite backend, artifacts proxied through it to a folder."""
-    root = tmp_path / "server"
-    root.mkdir()
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory, migrated_db) -> Iterator[Server]:
+    """A team tracking server: SQLite backend, artifacts proxied through it to a folder
+    beside its log (`server.log.parent / "artifacts"`). One per module, started once: the test that loses it
+    comes last."""
+    root = tmp_path_factory.mktemp("server")
     port = free_port()
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+    cmd = [str(BIN / "mlflow"), "server",
+           "--backend-store-uri", f"sqlite:///{copy_store(migrated_db, root)}",
            "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with serving(cmd, port, root / "server.log", "/health") as server:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.base)
+    with pytest.MonkeyPatch.context() as mp, \
+            serving(cmd, port, root / "server.log", "/health") as server:
+        mp.setenv("MLFLOW_TRACKING_URI", server.base)
         for key, value in FAIL_FAST.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.delenv("DVC_ROOT", raising=False)
+            mp.setenv(key, value)
+        mp.delenv("DVC_ROOT", raising=False)
         yield server
 
 
@@ -251,7 +254,7 @@ def test_pipeline_logs_everything_to_a_team_server(team_server, workdir, cifar_n
     x = to_pixels(load_arrays(cifar_npz).x_test[:4])
     assert np.allclose(model.predict(x), FileModel(model_path, torch.device("cpu")).probabilities(x),
                        atol=1e-5)
-    stored = {p.name for p in (workdir.parent / "server/artifacts").rglob("*")}
+    stored = {p.name for p in (team_server.log.parent / "artifacts").rglob("*")}
     assert {"attention_overlays.png", "model.pt2", "history.csv"} <= stored
     local = {p.name for p in workdir.rglob("*")} | set(os.listdir(workdir.parent))
     assert not local & {"mlflow.db", "mlruns", "mlartifacts"}
