@@ -67,7 +67,9 @@ def partly_removed(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
 
 @pytest.fixture(scope="module")
 def evidence_model() -> ViT:
-    """A tiny ViT trained (about 2 s) on evidence_images; 100% accurate on them."""
+    """A tiny ViT trained (about 2 s) on evidence_images, the lr decaying linearly to zero so
+    that the last steps settle; all but a few in a thousand right (the exact few vary with
+    the CPU's kernels)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tensors this small: a second thread only adds overhead
     try:
@@ -76,19 +78,25 @@ def evidence_model() -> ViT:
         model = ViT(image_size=SIZE, patch_size=PATCH, num_classes=CLASSES, dim=32, depth=1,
                     heads=2, mlp_ratio=2.0)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / 400)
         for _ in range(400):
             x, target = partly_removed(*evidence_images(64, g), g)
             loss = F.cross_entropy(model(x), target)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
     finally:
         torch.set_num_threads(threads)
     return model.eval()
 
 
 def test_metric_scores_the_evidence_far_above_random_and_away_from_it_below(evidence_model):
-    x, y = evidence_images(64, torch.Generator().manual_seed(1))
+    x, y = evidence_images(96, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        right = evidence_model(x).argmax(1) == y
+    assert right.float().mean() > 0.95, f"the evidence model is right on {right.float().mean():.0%}"
+    x, y = x[right][:64], y[right][:64]  # a map is scored on the model's evidence: images it gets right
     evidence = F.one_hot(EVIDENCE[y], GRID * GRID).float().view(-1, GRID, GRID)
     maps = {"evidence": evidence, "away": 1 - evidence, "random": random_maps(64, GRID, 0)}
     pred, curves = faithfulness_curves(evidence_model, x, maps, steps=16, blur_kernel=11,
