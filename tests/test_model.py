@@ -32,6 +32,25 @@ def test_fused_and_explicit_attention_agree():
     torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-5)
 
 
+def test_bf16_on_a_cpu_takes_the_explicit_attention_and_keeps_the_logits(monkeypatch):
+    """In bf16 on a CPU the model multiplies q, k, v itself (AMX runs those products, SDPA's
+    CPU kernel does not): SDPA is never called, and the logits stay those of fp32."""
+    torch.manual_seed(0)
+    model = tiny().eval()
+    x = torch.randn(4, 3, 32, 32)
+    fp32 = model(x)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("SDPA called in bf16 on a CPU")
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", no_sdpa)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(x)
+    assert bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.float(), fp32, rtol=0.05, atol=0.05)
+    with pytest.raises(AssertionError, match="SDPA called"):
+        model(x)  # fp32 keeps the fused kernel
+
+
 def test_cls_only_last_block_matches_the_full_block():
     """The fast path runs the last block for the CLS token alone; its logits and every
     gradient must equal those of the explicit path, which runs it for all tokens."""

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vitlens import checkpoint, step, training
+from vitlens import checkpoint, device, step, training
 from vitlens.cifar import load_arrays
 from vitlens.errors import VitlensError
 from vitlens.pipeline.train import run_training
@@ -180,6 +180,26 @@ def test_interrupt_marks_run_killed(tiny_params, cifar_npz, tmp_path, monkeypatc
     assert sorted(steps) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("precision,line", [("bf16", "precision: bf16 autocast on cpu"),
+                                            ("fp32", "precision: fp32 on cpu")])
+def test_the_run_trains_in_the_precision_asked_and_says_so(tiny_params, cifar_npz, tmp_path,
+                                                          mlflow_store, monkeypatch, capsys,
+                                                          precision, line):
+    from mlflow.tracking import MlflowClient
+    dtypes = []
+    real_step = training.optimizer_step
+
+    def spy(*args, **kwargs):
+        loss, logits = real_step(*args, **kwargs)
+        dtypes.append(logits.dtype)
+        return loss, logits
+    monkeypatch.setattr(training, "optimizer_step", spy)
+    rec = stage(tiny_params(**{"train.precision": precision, "train.epochs": 1}), cifar_npz, tmp_path)
+    assert line in capsys.readouterr().out
+    assert set(dtypes) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert MlflowClient().get_run(rec["mlflow_run_id"]).data.params["precision"] == precision
+
+
 def test_mlflow_run_holds_params_metrics_and_model(tiny_params, cifar_npz, tmp_path,
                                                    mlflow_store):
     from mlflow.tracking import MlflowClient
@@ -190,6 +210,9 @@ def test_mlflow_run_holds_params_metrics_and_model(tiny_params, cifar_npz, tmp_p
     assert run.data.params["model.dim"] == "32" and run.data.params["train.epochs"] == "3"
     assert run.data.tags["torch_version"] == torch.__version__
     assert run.data.tags["device"] == "cpu" and "git_commit" in run.data.tags
+    auto_bf16 = device.train_bf16("auto", torch.device("cpu"))
+    assert run.data.params["train.precision"] == "auto"
+    assert run.data.params["precision"] == ("bf16" if auto_bf16 else "fp32")
     history = client.get_metric_history(run.info.run_id, "val/accuracy")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
@@ -246,7 +269,8 @@ def test_checkpoint_digest_covers_only_what_changes_the_weights(tiny_params, tmp
     other = [{"data.md5": "0" * 32}, {"data.val_seed": 1}, {"data.train_subset": 100},
              {"model.dim": 48}, {"train.lr": 0.001}, {"train.epochs": 4}, {"train.seed": 1},
              {"train.batch_size": 16}, {"train.flip": False}, {"train.nproc": 2},
-             {"train.ema": 0.9}, {"train.label_smoothing_decay": True}, {"model.pos_embed": "sincos"}]
+             {"train.ema": 0.9}, {"train.label_smoothing_decay": True}, {"model.pos_embed": "sincos"},
+             {"train.precision": "bf16"}]
     for change in other:
         assert checkpoint.checkpoint_digest(tiny_params(**change)) != base, change
 

@@ -61,6 +61,9 @@ class ModelConfig:
 # kernel); the max-autotune ones search kernel configs, minutes of compiling.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+# train.precision: auto = bf16 autocast on CUDA and on CPUs with AMX (vitlens.device.train_bf16).
+PRECISIONS = ("auto", "fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -78,6 +81,7 @@ class TrainConfig:
     flip: bool = spec()
     seed: int = spec(ge=0)
     device: str = spec(choices=("auto", "cpu", "cuda", "mps"))
+    precision: str = spec(choices=PRECISIONS)
     compile: bool = spec()
     compile_mode: str = spec(choices=COMPILE_MODES)
     threads: int = spec(ge=0)

@@ -25,7 +25,7 @@ from vitlens.data import (
     split_train_val,
     to_device,
 )
-from vitlens.device import pick_device
+from vitlens.device import pick_device, precision_line, train_bf16
 from vitlens.distributed import Dist
 from vitlens.ema import EMA
 from vitlens.errors import VitlensError
@@ -79,7 +79,7 @@ def _train_epoch(bar: tqdm, fwd: nn.Module, s: Setup,
             g["lr"] = lr
         x, yb = batch(idx)
         loss, logits = optimizer_step(fwd, s.model, s.opt, x, yb, t, s.device,
-                                      label_smoothing=s.smoothing(step))
+                                      label_smoothing=s.smoothing(step), bf16=s.bf16)
         if s.ema is not None:
             s.ema.update(s.model)
         step += 1
@@ -138,6 +138,7 @@ class Setup:
     smoothing: Callable[[int], float]  # step -> label smoothing
     gens: dict[str, torch.Generator]
     ema: EMA | None  # train.ema's average of the weights
+    bf16: bool  # train.precision as it resolved on this device
 
     @property
     def final(self) -> ViT:
@@ -160,7 +161,7 @@ def setup(params: Params, data: Cifar10) -> Setup:
     gens = {"order": torch.Generator(device), "augment": torch.Generator(device)}
     return Setup(model, make_optimizer(model, t, device), train_split, val_split, norm, device,
                  steps_per_epoch, schedule, partial(smoothing_at, total=total, t=t), gens,
-                 EMA(model, t.ema) if t.ema else None)
+                 EMA(model, t.ema) if t.ema else None, train_bf16(t.precision, device))
 
 
 def resume(s: Setup, state: dict | None) -> tuple[int, int, list[dict[str, float]]]:
@@ -211,6 +212,8 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
     t = params.train
     s = setup(params, data)
     start_epoch, step, history = resume(s, state)
+    if dist.main:
+        print(precision_line(s.bf16, s.device), flush=True)
     if state is not None and dist.main:
         print(f"resuming from {checkpoint} after epoch {start_epoch}")
         if hook is not None:

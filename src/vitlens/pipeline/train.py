@@ -14,7 +14,7 @@ from vitlens.checkpoint import checkpoint_digest, load_checkpoint
 from vitlens.cifar import Cifar10, load_arrays
 from vitlens.config import Params, parse_params
 from vitlens.data import split_train_val
-from vitlens.device import pick_device
+from vitlens.device import pick_device, train_bf16
 from vitlens.distributed import Dist
 from vitlens.explain.snapshots import AttentionSnapshots
 from vitlens.io import save_torch, write_csv
@@ -24,7 +24,7 @@ from vitlens.trained import load_trained
 from vitlens.training import epoch_images, train
 
 
-def start_run(params: Params, previous_run_id: str, device: str,
+def start_run(params: Params, previous_run_id: str, device: torch.device,
               commit: str) -> tracking.Run | None:
     if not params.tracking.enabled:
         return None
@@ -32,10 +32,12 @@ def start_run(params: Params, previous_run_id: str, device: str,
         run = tracking.open_run(previous_run_id)
         run.reopen()
         return run
-    tags = {"git_commit": commit, "device": device,
+    tags = {"git_commit": commit, "device": str(device),
             "torch_version": torch.__version__, **tracking.dvc_tags()}
     run = tracking.create_run(params.tracking.experiment, os.environ.get("DVC_EXP_NAME"), tags)
-    run.log_params(params.flat())
+    # train.precision as it resolved here: auto reads differently on another machine.
+    bf16 = train_bf16(params.train.precision, device)
+    run.log_params({**params.flat(), "precision": "bf16" if bf16 else "fp32"})
     return run
 
 
@@ -83,7 +85,7 @@ def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
     try:
         if dist.main:
             commit = tracking.git_commit()
-            run = start_run(params, state["run_id"] if state else "", str(device), commit)
+            run = start_run(params, state["run_id"] if state else "", device, commit)
             if run is not None and state is not None:
                 run.log_missing_epochs(state["history"])
             with tracking.finishing(run):
