@@ -236,8 +236,9 @@ def shrink(raw: dict, archive: Archive) -> dict:
     """The real params, shrunk so the real code path runs in seconds on a CPU."""
     raw["data"].update(url=str(archive.path), md5=archive.md5, val_size=40, train_subset=0)
     raw["model"].update(dim=32, depth=2, heads=2, mlp_ratio=2.0, drop_path=0.0)
+    # fp32: the same numbers on every CPU (auto trains in bf16 on one with AMX).
     raw["train"].update(epochs=3, batch_size=32, warmup_epochs=0.5, lr=0.002, device="cpu",
-                        compile=False, threads=0, nproc=1)
+                        precision="fp32", compile=False, threads=0, nproc=1)
     raw["evaluate"].update(batch_size=64)
     raw["visualize"].update(num_images=4, distance_images=48)
     raw["faithfulness"].update(images=12, steps=8, batch_size=8, bootstrap=200, show_images=2)

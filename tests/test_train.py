@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vitlens import checkpoint, device, step, training
+from vitlens import checkpoint, step, training
 from vitlens.cifar import load_arrays
 from vitlens.errors import VitlensError
 from vitlens.pipeline.train import run_training
@@ -197,7 +197,7 @@ def test_the_run_trains_in_the_precision_asked_and_says_so(tiny_params, cifar_np
     rec = stage(tiny_params(**{"train.precision": precision, "train.epochs": 1}), cifar_npz, tmp_path)
     assert line in capsys.readouterr().out
     assert set(dtypes) == {torch.bfloat16 if precision == "bf16" else torch.float32}
-    assert MlflowClient().get_run(rec["mlflow_run_id"]).data.params["precision"] == precision
+    assert MlflowClient().get_run(rec["mlflow_run_id"]).data.tags["precision"] == precision
 
 
 def test_mlflow_run_holds_params_metrics_and_model(tiny_params, cifar_npz, tmp_path,
@@ -210,9 +210,7 @@ def test_mlflow_run_holds_params_metrics_and_model(tiny_params, cifar_npz, tmp_p
     assert run.data.params["model.dim"] == "32" and run.data.params["train.epochs"] == "3"
     assert run.data.tags["torch_version"] == torch.__version__
     assert run.data.tags["device"] == "cpu" and "git_commit" in run.data.tags
-    auto_bf16 = device.train_bf16("auto", torch.device("cpu"))
-    assert run.data.params["train.precision"] == "auto"
-    assert run.data.params["precision"] == ("bf16" if auto_bf16 else "fp32")
+    assert run.data.params["train.precision"] == run.data.tags["precision"] == "fp32"
     history = client.get_metric_history(run.info.run_id, "val/accuracy")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == \

@@ -32,12 +32,12 @@ def start_run(params: Params, previous_run_id: str, device: torch.device,
         run = tracking.open_run(previous_run_id)
         run.reopen()
         return run
+    # train.precision as it resolved here (auto reads differently on another machine).
     tags = {"git_commit": commit, "device": str(device),
+            "precision": "bf16" if train_bf16(params.train.precision, device) else "fp32",
             "torch_version": torch.__version__, **tracking.dvc_tags()}
     run = tracking.create_run(params.tracking.experiment, os.environ.get("DVC_EXP_NAME"), tags)
-    # train.precision as it resolved here: auto reads differently on another machine.
-    bf16 = train_bf16(params.train.precision, device)
-    run.log_params({**params.flat(), "precision": "bf16" if bf16 else "fp32"})
+    run.log_params(params.flat())
     return run
 
 
