@@ -218,6 +218,19 @@ def test_every_attention_kernel_runs_and_agrees_with_sdpa(quick_run):
         a["sdpa_default"]["median_ms"] / a[a["fastest"]]["median_ms"])
     assert a["speedup_fastest_over_default"] >= 1
     assert "attention, quick: B 4, heads 2, tokens 17, head dim 16" in printed
+    assert a["dtype"] == "float32"
+
+
+def test_attention_is_timed_in_bf16_too_with_bf16_tensors(quick_run):
+    """bf16 is the format autocast hands attention: the model's explicit path there must be
+    among the kernels timed in it (it is the CPU's bf16 path)."""
+    result, printed, _ = quick_run
+    a = result["attention"]["quick, bf16"]
+    assert a["dtype"] == "bfloat16" and a["shape_b_heads_n_d"] == [4, 2, 17, 16]
+    assert {"sdpa_default", "explicit"} <= a.keys()
+    assert a["explicit"]["median_ms"] > 0
+    assert a["explicit"]["max_abs_diff"] < 0.05  # bf16 keeps ~3 significant digits
+    assert "attention, quick, bf16: B 4, heads 2" in printed
 
 
 def test_the_training_loop_is_timed_against_its_bare_step(quick_run):
@@ -286,3 +299,22 @@ def test_the_precision_line_names_the_format_and_the_cpus_flags(monkeypatch):
     monkeypatch.setattr(device, "cpu_flags", lambda: set())
     assert "no native bf16" in device.precision_line(True, cpu)
 
+
+
+@pytest.mark.parametrize("kind,flags,want", [
+    ("cpu", [], ["preset", "default"]),  # emulated bf16: minutes at these shapes, not timed
+    ("cpu", ["amx_bf16"], ["preset", "preset, bf16", "default", "default, bf16"]),
+    ("cuda", [], ["preset", "preset, bf16", "default", "default, bf16"])])
+def test_attention_is_timed_in_bf16_where_it_is_native(monkeypatch, kind, flags, want):
+    monkeypatch.setattr(bench, "native_bf16_cpu", lambda: flags)
+    shapes = bench.attention_shapes(load_params("params.yaml"), None, False, torch.device(kind))
+    assert [name for name, *_ in shapes] == want
+    assert {str(dtype) for name, _, _, dtype in shapes if name.endswith("bf16")} <= {"torch.bfloat16"}
+
+
+def test_quick_times_bf16_attention_even_where_it_is_emulated(monkeypatch):
+    monkeypatch.setattr(bench, "native_bf16_cpu", lambda: [])
+    s = bench.Settings(batch_size=4, steps=1, warmup=1, rounds=1, images=8, pipeline_epochs=1,
+                       model=bench.QUICK_MODEL)
+    shapes = bench.attention_shapes(load_params("params.yaml"), s, True, torch.device("cpu"))
+    assert [name for name, *_ in shapes] == ["quick", "quick, bf16"]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from vitlens.config import ModelConfig, Params, load_params
 from vitlens.data import Normalizer, Split, channel_stats
-from vitlens.device import autocast, pick_device
+from vitlens.device import autocast, native_bf16_cpu, pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
 from vitlens.model import build_model
@@ -185,14 +185,21 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     return out
 
 
-def attention_shapes(params: Params, s: Settings, quick: bool
-                     ) -> list[tuple[str, ModelConfig, int]]:
-    """The CPU preset's and the default's model and batch size; --quick's tiny one alone."""
+def attention_shapes(params: Params, s: Settings, quick: bool, device: torch.device
+                     ) -> list[tuple[str, ModelConfig, int, torch.dtype]]:
+    """The CPU preset's and the default's model and batch size; --quick's tiny one alone.
+    Each in fp32, and in bf16 too where it is native (CUDA, a CPU with the flags; --quick
+    always: emulated bf16 takes minutes at the real shapes)."""
     if quick:
-        return [("quick", s.model, 4)]
-    preset = cpu_preset(params)
-    return [("preset", preset.model, preset.train.batch_size),
-            ("default", params.model, params.train.batch_size)]
+        subjects = [("quick", s.model, 4)]
+    else:
+        preset = cpu_preset(params)
+        subjects = [("preset", preset.model, preset.train.batch_size),
+                    ("default", params.model, params.train.batch_size)]
+    bf16 = quick or device.type == "cuda" or bool(native_bf16_cpu())
+    return [(name + suffix, cfg, batch, dtype) for name, cfg, batch in subjects
+            for suffix, dtype in (("", torch.float32), (", bf16", torch.bfloat16))
+            if dtype == torch.float32 or bf16]
 
 
 def loop_subject(params: Params, s: Settings, quick: bool) -> tuple[Params, int]:
@@ -215,8 +222,8 @@ def run_bench(params: Params, s: Settings, device: torch.device,
                    "model": dataclasses.asdict(s.model)},
         "models": bench_models(params, s, device),
         "attention": {name: bench_attention(cfg, batch, steps=s.steps, rounds=s.rounds,
-                                            device=device)
-                      for name, cfg, batch in attention_shapes(params, s, quick)},
+                                            device=device, dtype=dtype)
+                      for name, cfg, batch, dtype in attention_shapes(params, s, quick, device)},
         "loop": bench_loop(*loop_subject(params, s, quick), steps=4 if quick else 30,
                            device=device),
         "precision": bench_precision(*loop_subject(params, s, quick), steps=s.steps,

@@ -41,15 +41,15 @@ def shapes(cfg: ModelConfig, batch_size: int) -> tuple[int, int, int, int]:
 
 
 def bench_attention(cfg: ModelConfig, batch_size: int, *, steps: int, rounds: int,
-                    device: torch.device) -> dict[str, Any]:
+                    device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Median forward + backward time of each kernel on random q, k, v of the model's
-    shapes, times `depth` (one call per block), and each one's largest difference from
-    SDPA's default output."""
+    shapes in `dtype` (bf16: what autocast hands attention), times `depth` (one call per
+    block), and each one's largest difference from SDPA's default output."""
     B, H, N, D = shapes(cfg, batch_size)
     gen = torch.Generator(device).manual_seed(0)
-    q, k, v = (torch.randn(B, H, N, D, device=device, generator=gen, requires_grad=True)
+    q, k, v = (torch.randn(B, H, N, D, device=device, generator=gen).to(dtype).requires_grad_()
                for _ in range(3))
-    grad = torch.randn(B, H, N, D, device=device, generator=gen)
+    grad = torch.randn(B, H, N, D, device=device, generator=gen).to(dtype)
     found = kernels(device)
     runnable, failed = {}, {}
     with torch.no_grad():
@@ -72,7 +72,8 @@ def bench_attention(cfg: ModelConfig, batch_size: int, *, steps: int, rounds: in
     for s in steps_by.values():
         time_calls(s, 1, device)
     times = alternate(steps_by, n=steps, rounds=rounds, device=device)
-    out: dict[str, Any] = {"shape_b_heads_n_d": [B, H, N, D], "blocks": cfg.depth}
+    out: dict[str, Any] = {"shape_b_heads_n_d": [B, H, N, D], "blocks": cfg.depth,
+                           "dtype": str(want.dtype).removeprefix("torch.")}
     for name, by_round in times.items():
         r = summarize_calls(by_round, batch_size)
         out[name] = {"median_ms": 1000 * r["median_s"], "max_abs_diff": runnable[name][1]}
