@@ -69,7 +69,7 @@ def warn_if_gpu_sized(params: Params, device: torch.device, train_images: int) -
     ratio = training_flops(params, train_images) / training_flops(cpu_preset(params), train_images)
     if ratio >= CPU_WARN_RATIO:
         print(f"note: training on a CPU a model sized for a GPU: {ratio:.0f}x the FLOPs of the CPU "
-              f"preset ({training_flops(params, train_images) / 1e15:.1f} PFLOP); the estimate "
+              f"preset ({training_flops(params, train_images) / 1e15:.2g} PFLOP); the estimate "
               "after the first steps follows. For a CPU: make repro-cpu (dvc exp run "
               + " ".join(f"-S {k}={v}" for k, v in CPU_PRESET.items()) + ")", flush=True)
 
