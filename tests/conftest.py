@@ -188,18 +188,19 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
             main: Callable[[], None], *args: Any) -> tuple[int, str, str]:
     """A command's main() in this process, as `python -m` runs it (vitlens.errors.run_main,
     sys.argv): its exit status, stdout and stderr. Far faster than a subprocess: no second
-    torch import. The SIGTERM handler run_main installs is put back."""
+    torch import. The SIGTERM and SIGINT handlers run_main installs are put back."""
     from vitlens.errors import run_main
 
     monkeypatch.setattr(sys, "argv", [main.__module__, *map(str, args)])
-    handler = signal.getsignal(signal.SIGTERM)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         run_main(main)
         code = 0
     except SystemExit as e:
         code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     finally:
-        signal.signal(signal.SIGTERM, handler)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     out, err = capsys.readouterr()
     return code, out, err
 

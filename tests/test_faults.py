@@ -203,3 +203,31 @@ def test_sigterm_marks_the_run_killed_keeps_the_checkpoint_and_the_rerun_resumes
     assert steps == list(range(1, 9))  # each epoch logged once
     assert [r["epoch"] for r in rec["history"]] == list(range(1, 9))
     assert np.isfinite([r["val_acc"] for r in rec["history"]]).all()
+
+
+class _KilledMidWrite:
+    """An MLflow client whose write gets SIGTERM halfway through, where `dvc queue kill` or a
+    scheduler's may land: inside SQLite's transaction."""
+
+    def __init__(self) -> None:
+        self.written: list[int] = []
+
+    def log_batch(self, run_id: str, metrics: list = (), params: list = ()) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        self.written.append(len(metrics))
+
+
+def test_sigterm_in_a_store_write_lets_the_write_finish_then_interrupts(monkeypatch, capsys):
+    """Raised inside the write, the interrupt would leave SQLite's write lock with a connection
+    nothing rolls back, and the KILLED mark after it would wait on that lock for minutes."""
+    from vitlens.tracking import Run
+    client, after = _KilledMidWrite(), []
+
+    def main() -> None:
+        Run(client, "run").log_metrics({"val/accuracy": 0.5}, step=1)
+        after.append("went on")
+
+    code, _, err = run_cli(monkeypatch, capsys, main)
+    assert (code, err.strip()) == (130, "interrupted")
+    assert client.written == [1]  # the write ran to its end
+    assert after == []  # and the stage stopped right after it

@@ -24,7 +24,7 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from vitlens.errors import VitlensError, first_line  # noqa: E402
+from vitlens.errors import VitlensError, first_line, uninterruptible  # noqa: E402
 from vitlens.tracking_retry import retry, unreachable  # noqa: E402
 
 
@@ -131,14 +131,16 @@ class Run:
             # model is created in the run's experiment (without an active run MLflow would
             # pick the default one) and run_id goes through to mlflow.models.Model.log.
             run = retry(self.client.get_run, self.id)
-            logged = mlflow.initialize_logged_model(
-                name="model", source_run_id=self.id, experiment_id=run.info.experiment_id,
-                params=dict(run.data.params))
-            return mlflow.pytorch.log_model(
-                model, name="model", signature=infer_signature(example, out),
-                input_example=example, pip_requirements=pins, metadata={"classes": list(classes)},
-                registered_model_name=registered_model or None, model_id=logged.model_id,
-                run_id=self.id)
+            with uninterruptible():
+                logged = mlflow.initialize_logged_model(
+                    name="model", source_run_id=self.id, experiment_id=run.info.experiment_id,
+                    params=dict(run.data.params))
+                return mlflow.pytorch.log_model(
+                    model, name="model", signature=infer_signature(example, out),
+                    input_example=example, pip_requirements=pins,
+                    metadata={"classes": list(classes)},
+                    registered_model_name=registered_model or None, model_id=logged.model_id,
+                    run_id=self.id)
         info = self._log("the model", log)
         if info is None:
             return None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from vitlens.errors import uninterruptible
+
 
 def unreachable(e: BaseException) -> bool:
     """Whether `e` (or what it wraps) is a network failure: MLflow's REST client raises an
@@ -43,7 +45,8 @@ def retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
     queued experiments share one store); any other error is raised at once."""
     for attempt in range(LOCK_RETRIES):
         try:
-            return fn(*args, **kwargs)
+            with uninterruptible():
+                return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - only lock errors are retried
             if not sqlite_locked(e) or attempt == LOCK_RETRIES - 1:
                 raise
