@@ -78,7 +78,7 @@ def test_every_parameter_gets_a_gradient():
 
 def test_build_model_reads_config():
     cfg = ModelConfig(image_size=32, patch_size=8, dim=48, depth=3, heads=3, mlp_ratio=1.5,
-                      dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned")
+                      dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned", stem="patch")
     model = build_model(cfg, num_classes=7)
     assert model.grid == 4 and len(model.blocks) == 3
     assert model.blocks[0].mlp[0].out_features == 72
@@ -117,16 +117,50 @@ def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
     assert torch.equal(drop.eval()(x), x)
 
 
-@pytest.mark.parametrize("patch,dim,depth,mlp", [(4, 64, 3, 2.0), (2, 48, 2, 3.0), (8, 96, 1, 4.0)])
-def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, mlp):
+@pytest.mark.parametrize("patch,dim,depth,mlp,stem", [
+    (4, 64, 3, 2.0, "patch"), (2, 48, 2, 3.0, "patch"), (8, 96, 1, 4.0, "patch"),
+    (4, 64, 3, 2.0, "conv"), (8, 96, 1, 4.0, "conv")])
+def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, mlp, stem):
     from torch.utils.flop_counter import FlopCounterMode
 
     def sdpa(q, k, v, dropout_p=0.0):  # the CPU's fused kernel is not counted: spell it out
         return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
     monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", sdpa)
     cfg = ModelConfig(image_size=32, patch_size=patch, dim=dim, depth=depth, heads=2,
-                      mlp_ratio=mlp, dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned")
+                      mlp_ratio=mlp, dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned",
+                      stem=stem)
     model, x = build_model(cfg, 10), torch.randn(4, 3, 32, 32)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
     assert train_flops_per_image(cfg) == pytest.approx(counter.get_total_flops() / 4, rel=0.01)
+
+
+def seen_rows(model: ViT, row: int) -> list[int]:
+    """Image rows whose pixels reach the token of patch (row, 0) of the embedding."""
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    model.patch_embed(x)[0, :, row, 0].square().sum().backward()
+    return torch.nonzero(x.grad.abs().sum(dim=(0, 1, 3))).flatten().tolist()
+
+
+def test_the_conv_stem_gives_each_patch_a_token_centred_on_it():
+    """model.stem=conv keeps the 8x8 grid of tokens (every map reads the same cells), but a
+    token sees its 4x4 patch and 3 pixels around it, symmetrically: the maps are not shifted."""
+    torch.manual_seed(0)
+    patch, conv = tiny(), tiny(stem="conv")
+    assert conv.patch_embed(torch.randn(2, 3, 32, 32)).shape == (2, 32, 8, 8)
+    assert seen_rows(patch, 3) == list(range(12, 16))
+    assert seen_rows(conv, 3) == list(range(9, 19))  # rows 12-15, 3 more on each side
+    assert seen_rows(conv, 0) == list(range(0, 7))  # the image's edge is zero padding
+    logits, attns = conv.eval()(torch.randn(3, 3, 32, 32), return_attn=True)
+    assert logits.shape == (3, 10) and attns[0].shape == (3, 4, 65, 65)
+
+
+def test_the_conv_stem_trains_and_is_decayed_like_the_patch_embedding():
+    model = tiny(stem="conv")
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    decay, _ = param_groups(model, 0.05)
+    kernels = {id(m.weight) for m in model.patch_embed if isinstance(m, torch.nn.Conv2d)}
+    assert len(kernels) == 3 and kernels <= {id(p) for p in decay["params"]}
+    with pytest.raises(AssertionError, match="power-of-2 patch size"):
+        tiny(stem="conv", patch_size=1)

@@ -1,5 +1,5 @@
 """The recipe's options: a moving average of the weights, decaying label smoothing, fixed
-2-D sin-cos positions. Each is off in params.yaml; on, it must do what it says."""
+2-D sin-cos positions, a conv stem. Each is off in params.yaml; on, it must do what it says."""
 import pytest
 import torch
 from torch import nn
@@ -104,3 +104,24 @@ def test_sincos_positions_are_fixed_distinct_and_saved(tiny_params, cifar_npz, t
 def test_sincos_needs_a_width_divisible_by_four(tiny_params):
     with pytest.raises(ConfigError, match="divisible by 4 for model.pos_embed=sincos"):
         tiny_params(**{"model.pos_embed": "sincos", "model.dim": 30, "model.heads": 2})
+
+
+def test_a_conv_stem_trains_saves_and_loads_back(tiny_params, cifar_npz, tmp_path):
+    p = tiny_params(**{"train.epochs": 1, "model.stem": "conv", "tracking.enabled": False})
+    out = tmp_path / "model.pt"
+    pipeline_train.run_training(p, cifar_npz, out, tmp_path / "history.csv", tmp_path / "ckpt.pt")
+    vit = load_trained(out, "cpu").vit
+    assert isinstance(vit.patch_embed, torch.nn.Sequential) and len(vit.patch_embed) == 5
+    # A model file written before model.stem existed holds a patch embedding.
+    rec = torch.load(out, weights_only=True)
+    rec["model_config"].pop("stem")
+    rec["state_dict"] = {k: v for k, v in rec["state_dict"].items() if not k.startswith("patch_embed")}
+    rec["state_dict"].update({"patch_embed.weight": torch.zeros(32, 3, 4, 4),
+                              "patch_embed.bias": torch.zeros(32)})
+    torch.save(rec, tmp_path / "old.pt")
+    assert isinstance(load_trained(tmp_path / "old.pt", "cpu").vit.patch_embed, torch.nn.Conv2d)
+
+
+def test_a_conv_stem_needs_a_power_of_two_patch(tiny_params):
+    with pytest.raises(ConfigError, match="must be a power of 2 .* for model.stem=conv"):
+        tiny_params(**{"model.stem": "conv", "model.patch_size": 1})

@@ -269,6 +269,7 @@ def test_checkpoint_digest_covers_only_what_changes_the_weights(tiny_params, tmp
              {"model.dim": 48}, {"train.lr": 0.001}, {"train.epochs": 4}, {"train.seed": 1},
              {"train.batch_size": 16}, {"train.flip": False}, {"train.nproc": 2},
              {"train.ema": 0.9}, {"train.label_smoothing_decay": True}, {"model.pos_embed": "sincos"},
+             {"model.stem": "conv"},
              {"train.precision": "bf16"}]
     for change in other:
         assert checkpoint.checkpoint_digest(tiny_params(**change)) != base, change

@@ -41,6 +41,7 @@ class DataConfig:
 
 
 POS_EMBEDS = ("learned", "sincos")  # learned positions, or fixed 2-D sin-cos ones
+STEMS = ("patch", "conv")  # one linear map per patch (ViT), or small strided convs
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class ModelConfig:
     attn_dropout: float = spec(ge=0, lt=1)
     drop_path: float = spec(ge=0, lt=1)
     pos_embed: str = spec(choices=POS_EMBEDS)
+    stem: str = spec(choices=STEMS)
 
 
 # torch.compile's modes: reduce-overhead adds CUDA graphs (one launch per graph, not per
@@ -238,6 +240,9 @@ def _cross_checks(p: Params) -> None:
         raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
     if m.pos_embed == "sincos" and m.dim % 4:
         raise ConfigError(f"model.dim={m.dim} must be divisible by 4 for model.pos_embed=sincos")
+    if m.stem == "conv" and (m.patch_size < 2 or m.patch_size & (m.patch_size - 1)):
+        raise ConfigError(f"model.patch_size={m.patch_size} must be a power of 2 (2, 4, 8, ...) "
+                          "for model.stem=conv")
     if t.warmup_epochs > t.epochs:
         raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} must be <= "
                           f"train.epochs={t.epochs}")

@@ -1,5 +1,6 @@
-"""A Vision Transformer, written here: patch embedding, CLS token, learned (or fixed 2-D
-sin-cos) positions, pre-norm encoder blocks, final norm and a linear head."""
+"""A Vision Transformer, written here: patch embedding (or a small convolutional stem), CLS
+token, learned (or fixed 2-D sin-cos) positions, pre-norm encoder blocks, final norm and a
+linear head."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -104,16 +105,41 @@ def sincos_2d(grid: int, dim: int) -> Tensor:
     return torch.cat([pe.new_zeros(1, dim), pe]).float()[None]
 
 
+def stem_widths(channels: int, dim: int, patch_size: int) -> list[int]:
+    """Channels into and out of each stride-2 conv of the conv stem: log2(patch_size) of
+    them, widths doubling up to dim/2 (e.g. 3, 32, 64 for dim 128 and patch 4)."""
+    assert patch_size >= 2 and patch_size & (patch_size - 1) == 0, \
+        f"model.stem=conv needs a power-of-2 patch size, got {patch_size}"
+    n = patch_size.bit_length() - 1
+    return [channels] + [max(dim >> (n - i), 1) for i in range(n)]
+
+
+def conv_stem(channels: int, dim: int, patch_size: int) -> nn.Sequential:
+    """One token per patch, as the patch embedding gives, from convs of stride 2 (each then
+    GELU) and a 1x1 conv to dim (after Xiao et al. 2021, "Early convolutions help
+    transformers see better"). Kernels of 4 with padding 1, not 3: each token's view is then
+    centred on its patch, which it overhangs by 3 pixels on every side for patch 4 (by
+    patch_size - 1 in general). No BatchNorm: its running statistics would not follow
+    train.ema's averaged weights, and the encoder's pre-norm normalises the tokens anyway."""
+    widths = stem_widths(channels, dim, patch_size)
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip(widths, widths[1:]):
+        layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.GELU()]
+    return nn.Sequential(*layers, nn.Conv2d(widths[-1], dim, kernel_size=1))
+
+
 class ViT(nn.Module):
     def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int,
                  depth: int, heads: int, mlp_ratio: float, dropout: float = 0.0,
                  attn_dropout: float = 0.0, drop_path: float = 0.0, channels: int = 3,
-                 pos_embed: str = "learned"):
+                 pos_embed: str = "learned", stem: str = "patch"):
         super().__init__()
         assert image_size % patch_size == 0, "image size must be divisible by patch size"
         self.grid = image_size // patch_size
         self.patch_size = patch_size
-        self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+        assert stem in ("patch", "conv"), f"unknown stem {stem!r}"
+        self.patch_embed = (conv_stem(channels, dim, patch_size) if stem == "conv" else
+                            nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         assert pos_embed in ("learned", "sincos"), f"unknown pos_embed {pos_embed!r}"
         if pos_embed == "sincos":  # a buffer: saved with the weights, never trained
@@ -162,19 +188,29 @@ def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
     return ViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=num_classes,
                dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
                dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, drop_path=cfg.drop_path,
-               pos_embed=cfg.pos_embed)
+               pos_embed=cfg.pos_embed, stem=cfg.stem)
 
 
 def train_flops_per_image(cfg: ModelConfig, num_classes: int = 10) -> float:
     """FLOPs of one training step per image: 2 per multiply-add, backward twice the forward.
-    Counts the matrix products (patch embedding, QKV, attention, projection, MLP, head),
-    with the last block on the CLS query alone, as ViT.forward runs it."""
+    Counts the matrix products (embedding, QKV, attention, projection, MLP, head), with
+    the last block on the CLS query alone, as ViT.forward runs it."""
     n, d, h = (cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.dim, int(cfg.dim * cfg.mlp_ratio)
     token = 4 * d * d + 2 * h * d + 2 * n * d  # QKV, projection, MLP, QK^T and AV per query
     last = 2 * n * d * d + token - 2 * d * d  # K and V of every token, the rest for CLS only
     macs = (cfg.depth - 1) * n * token + last + d * num_classes
-    embed = (n - 1) * 3 * cfg.patch_size**2 * d  # its backward: the weights' gradient alone
-    return 6.0 * macs + 4.0 * embed
+    first, rest = _embed_macs(cfg, 3)
+    return 6.0 * (macs + rest) + 4.0 * first  # the first layer's backward: its weights' alone
+
+
+def _embed_macs(cfg: ModelConfig, channels: int) -> tuple[int, int]:
+    """Multiply-adds of the embedding's first layer and of its other layers, per image."""
+    if cfg.stem == "patch":
+        return (cfg.image_size // cfg.patch_size) ** 2 * channels * cfg.patch_size**2 * cfg.dim, 0
+    widths = stem_widths(channels, cfg.dim, cfg.patch_size)
+    side = [cfg.image_size >> (i + 1) for i in range(len(widths) - 1)]  # output side of each conv
+    convs = [s * s * 16 * a * b for s, a, b in zip(side, widths, widths[1:])]
+    return convs[0], sum(convs[1:]) + side[-1] ** 2 * widths[-1] * cfg.dim
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
