@@ -41,6 +41,14 @@ def imported(path: Path, name: str) -> set[str]:
     return {m for m in found if m.split(".")[0] == "vitlens" and module_file(m)}
 
 
+def data_files(path: Path) -> set[Path]:
+    """Files beside module `path` that it names in a string literal (explorer.js, ...): the
+    stage reads them at run time, so editing one must rerun it."""
+    names = {n.value for n in ast.walk(ast.parse(path.read_text()))
+             if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    return {f for f in path.parent.iterdir() if f.suffix != ".py" and f.name in names}
+
+
 def with_packages(module: str) -> list[str]:
     """`a.b.c` -> [a, a.b, a.b.c]: importing a module runs its packages' __init__ first."""
     parts = module.split(".")
@@ -68,7 +76,8 @@ def rel(path: Path) -> str:
 @pytest.mark.parametrize("name", list(DVC_YAML["stages"]))
 def test_stage_deps_are_exactly_the_modules_it_imports(name):
     stage = DVC_YAML["stages"][name]
-    want = {rel(module_file(m)) for m in closure(stage_modules(stage))}
+    files = [module_file(m) for m in closure(stage_modules(stage))]
+    want = {rel(f) for f in files} | {rel(d) for f in files for d in data_files(f)}
     listed = {d for d in stage["deps"] if d.startswith("src/")}
     assert not want - listed, f"dvc.yaml stage {name} misses {sorted(want - listed)}"
     assert not listed - want, f"dvc.yaml stage {name} lists unused {sorted(listed - want)}"
@@ -88,6 +97,10 @@ def test_closure_follows_lazy_and_package_imports(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "SRC", tmp_path)
     assert closure("vitlens.stages.s") == {"vitlens", "vitlens.stages", "vitlens.stages.s",
                                            "vitlens.a", "vitlens.b", "vitlens.c"}
+    (pkg / "page.js").write_text("")
+    (pkg / "other.css").write_text("")
+    (pkg / "a.py").write_text('JS = "page.js"\n')
+    assert data_files(pkg / "a.py") == {pkg / "page.js"}
 
 
 @pytest.mark.parametrize("name", list(DVC_YAML["stages"]))

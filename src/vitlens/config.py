@@ -174,10 +174,8 @@ def _type_ok(value: Any, typ: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if typ is str:
         return isinstance(value, str)
-    if typ == list[int]:
-        return isinstance(value, list) and all(_type_ok(v, int) for v in value)
-    if typ == list[str]:
-        return isinstance(value, list) and all(_type_ok(v, str) for v in value)
+    if typ in (list[int], list[str]):
+        return isinstance(value, list) and all(_type_ok(v, typ.__args__[0]) for v in value)
     raise TypeError(f"unsupported config type {typ}")
 
 
@@ -220,8 +218,7 @@ def _build(cls: type, section: str, raw: Any) -> Any:
         key = f"{section}.{name}"
         if name not in raw:
             raise ConfigError(f"{key} is missing")
-        value = raw[name]
-        typ = hints[name]
+        value, typ = raw[name], hints[name]
         if typ is float and isinstance(value, str):
             value = _float_or_str(value)
         if not _type_ok(value, typ):
@@ -241,8 +238,7 @@ def _cross_checks(p: Params) -> None:
     if m.pos_embed == "sincos" and m.dim % 4:
         raise ConfigError(f"model.dim={m.dim} must be divisible by 4 for model.pos_embed=sincos")
     if m.stem == "conv" and (m.patch_size < 2 or m.patch_size & (m.patch_size - 1)):
-        raise ConfigError(f"model.patch_size={m.patch_size} must be a power of 2 (2, 4, 8, ...) "
-                          "for model.stem=conv")
+        raise ConfigError(f"model.patch_size={m.patch_size} must be a power of 2 for model.stem=conv")
     if t.warmup_epochs > t.epochs:
         raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} must be <= "
                           f"train.epochs={t.epochs}")
@@ -281,10 +277,9 @@ def parse_params(raw: Any) -> Params:
         raise ConfigError("params.yaml must hold a mapping of sections")
     sections = {f.name: f.type for f in dataclasses.fields(Params)}
     hints = get_type_hints(Params)
-    for s in raw:
+    for s in [*raw, *sections]:
         if s not in sections:
             raise ConfigError(f"{s} is not a known section (known: {', '.join(sections)})")
-    for s in sections:
         if s not in raw:
             raise ConfigError(f"section {s} is missing")
     params = Params(**{s: _build(hints[s], s, raw[s]) for s in sections})
