@@ -95,6 +95,9 @@ class Batcher:
                 job.done.set()
 
 
+DRAIN_BYTES = 2**26  # past this a refused body is not read; its sender may see a reset
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
     timeout = 60                   # an idle or stalled connection frees its thread
@@ -108,11 +111,20 @@ class Handler(BaseHTTPRequestHandler):
                                                                    "POST /invocations"})
 
     def do_POST(self) -> None:
+        self.unread = 0
         try:
             self.answer(200, self.invocations())
         except Refused as e:
             self.log_message("%d %s", e.status, e)  # one line per refused request
             self.answer(e.status, {"error_code": e.code, "message": str(e)})
+            self.discard(self.unread)
+
+    def discard(self, n: int) -> None:
+        """Read and drop up to DRAIN_BYTES of a refused body: closing with bytes unread resets
+        the connection, and a client still sending would see a broken pipe, not the answer."""
+        n = min(n, DRAIN_BYTES)
+        while n > 0 and (chunk := self.rfile.read(min(n, 2**16))):
+            n -= len(chunk)
 
     def invocations(self) -> dict:
         cfg = self.server
@@ -122,7 +134,8 @@ class Handler(BaseHTTPRequestHandler):
         if length < 0:
             raise Refused(411, "LENGTH_REQUIRED", "send a Content-Length")
         if length > cfg.max_bytes:
-            self.close_connection = True  # the body is not read, so the connection is done
+            self.close_connection = True  # the body is not parsed, so the connection is done
+            self.unread = length
             raise Refused(413, "REQUEST_TOO_LARGE",
                           f"{length} bytes, at most {cfg.max_bytes} per request")
         body = self.rfile.read(length)
