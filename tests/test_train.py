@@ -1,5 +1,7 @@
 import dataclasses
 import math
+import re
+import time
 
 import pytest
 import torch
@@ -225,13 +227,27 @@ def test_mlflow_run_holds_params_metrics_and_model(tiny_params, cifar_npz, tmp_p
 
 def test_first_steps_print_an_estimate_of_the_whole_run(tiny_params, cifar_npz, tmp_path,
                                                          monkeypatch, capsys):
+    """The first step stands for compiling (train.compile), which takes a CPU half a minute
+    at the preset's size: neither estimate may count it as the pace of the run."""
     monkeypatch.setattr(training, "ETA_STEP", 2)
-    fit(tiny_params(**{"train.epochs": 2}), cifar_npz, tmp_path)
+    real, calls = training.optimizer_step, []
+
+    def slow_first(*args, **kwargs):
+        if not calls:
+            time.sleep(4.0)
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(training, "optimizer_step", slow_first)
+    fit(tiny_params(**{"train.epochs": 3}), cifar_npz, tmp_path)
     out = capsys.readouterr()
     text = out.out + out.err
     assert text.count("estimate:") == 1  # once, in the first epoch
-    assert "of training for the 19 steps left" in text  # 2 epochs x 11 steps, 3 done
-    assert "eta 0 s" in text  # the last epoch's line
+    line = next(x for x in text.splitlines() if "estimate:" in x)
+    assert "of training for the 30 steps left" in line  # 3 epochs x 11 steps, 3 done
+    assert re.search(r"\(\d+ ms/step after a first step of 4\.\d s\)", line), line
+    assert int(re.search(r"(\d+) ms/step", line)[1]) < 1000, line
+    etas = re.findall(r"epoch +\d/3 .* eta (\d+) s", text)
+    assert len(etas) == 3 and int(etas[1]) <= 1, text  # with epoch 1's 4 s it would be 2 or more
 
 
 def test_resumed_run_logs_each_epoch_once_and_takes_the_new_experiments_tags(mlflow_store,

@@ -45,7 +45,8 @@ from vitlens.tracking import epoch_metrics
 
 VAL_BATCH = 500  # images per validation forward pass (a memory bound, not a hyperparameter)
 SYNC_EVERY = 20  # steps between the progress bar's host syncs: rare enough not to stall a GPU
-ETA_STEP = 20  # the first epoch's step after which the whole run's time is estimated
+ETA_STEP = 20  # the first epoch's step after which the whole run's time is estimated;
+#               a multiple of SYNC_EVERY, so the clock is read just after a host sync
 
 
 class EpochHook(Protocol):
@@ -73,6 +74,7 @@ def _train_epoch(bar: tqdm, fwd: nn.Module, s: Setup,
     `eta_total` (the run's last step), prints an estimate of the rest after ETA_STEP steps."""
     fwd.train()
     stats, t0, lr = EpochStats(s.device), time.perf_counter(), s.schedule(step)
+    warm = t0  # when the first step ended: it compiles (train.compile) and warms caches
     for i, idx in enumerate(bar):
         lr = s.schedule(step)
         for g in s.opt.param_groups:
@@ -88,11 +90,12 @@ def _train_epoch(bar: tqdm, fwd: nn.Module, s: Setup,
             bar.set_postfix(loss=f"{check_finite(loss, epoch, step):.3f}",
                             acc=f"{stats.accuracy():.3f}",
                             img_s=f"{(i + 1) * t.batch_size / (time.perf_counter() - t0):.0f}")
+            warm = time.perf_counter() if i == 0 else warm
         if eta_total is not None and i == ETA_STEP:
-            per_step = (time.perf_counter() - t0) / (i + 1)
+            per_step = (time.perf_counter() - warm) / i
             bar.write(f"estimate: {format_seconds(per_step * (eta_total - step))} of training "
-                      f"for the {eta_total - step} steps left ({per_step * 1e3:.0f} ms/step), "
-                      "plus validation")
+                      f"for the {eta_total - step} steps left ({per_step * 1e3:.0f} ms/step "
+                      f"after a first step of {warm - t0:.1f} s), plus validation")
     bar.close()
     return stats, step, lr
 
@@ -242,7 +245,9 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
         if dist.main:
             if hook is not None:
                 hook.after_epoch(epoch, s.final, s.norm)
-            mean_s = statistics.mean(r["epoch_seconds"] for r in history[start_epoch:])
+            # This process's first epoch carries the warm-up: left out once there are others.
+            recent = history[start_epoch + 1:] or history[start_epoch:]
+            mean_s = statistics.mean(r["epoch_seconds"] for r in recent)
             print(epoch_line(row, t.epochs, mean_s * (t.epochs - epoch)), flush=True)
             # Checkpoint, then log: a kill in between leaves the epoch unlogged, and the
             # resumed run logs what its checkpoint holds but the store lacks (exactly once).
