@@ -78,7 +78,8 @@ def test_every_parameter_gets_a_gradient():
 
 def test_build_model_reads_config():
     cfg = ModelConfig(image_size=32, patch_size=8, dim=48, depth=3, heads=3, mlp_ratio=1.5,
-                      dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned", stem="patch")
+                      dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned", stem="patch",
+                      token_drop=0.0)
     model = build_model(cfg, num_classes=7)
     assert model.grid == 4 and len(model.blocks) == 3
     assert model.blocks[0].mlp[0].out_features == 72
@@ -117,10 +118,35 @@ def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
     assert torch.equal(drop.eval()(x), x)
 
 
-@pytest.mark.parametrize("patch,dim,depth,mlp,stem", [
-    (4, 64, 3, 2.0, "patch"), (2, 48, 2, 3.0, "patch"), (8, 96, 1, 4.0, "patch"),
-    (4, 64, 3, 2.0, "conv"), (8, 96, 1, 4.0, "conv")])
-def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, mlp, stem):
+def test_token_drop_keeps_cls_and_a_random_subset_in_training_and_every_token_otherwise():
+    torch.manual_seed(0)
+    model, x = tiny(token_drop=0.25), torch.randn(3, 3, 32, 32)
+    full = tiny(token_drop=0.0)
+    full.load_state_dict(model.state_dict())
+    seen: list[torch.Tensor] = []
+    model.blocks[0].register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    embedded = (model.patch_embed(x).flatten(2).transpose(1, 2) + model.pos_embed[:, 1:])
+    model.train()(x)
+    assert model.keep == 48 and seen[-1].shape == (3, 1 + 48, 32)
+    kept = seen[-1]
+    torch.testing.assert_close(kept[:, 0], (model.cls_token + model.pos_embed[:, :1]).expand(3, -1, -1)[:, 0])
+    for b in range(3):  # each kept token is one of the image's own tokens, none twice
+        match = torch.cdist(kept[b, 1:], embedded[b]).argmin(1)
+        torch.testing.assert_close(kept[b, 1:], embedded[b, match])
+        assert len(set(match.tolist())) == 48
+    assert not torch.equal(kept[0, 1:], embedded[0, :48])  # a random choice, not the first 48
+    model.eval(), full.eval()
+    torch.testing.assert_close(model(x), full(x))  # evaluation reads every token
+    _, attns = model(x, return_attn=True)
+    assert attns[0].shape == (3, 4, 65, 65)
+
+
+@pytest.mark.parametrize("patch,dim,depth,mlp,stem,token_drop", [
+    (4, 64, 3, 2.0, "patch", 0.0), (2, 48, 2, 3.0, "patch", 0.0), (8, 96, 1, 4.0, "patch", 0.0),
+    (4, 64, 3, 2.0, "conv", 0.0), (8, 96, 1, 4.0, "conv", 0.0), (4, 64, 3, 2.0, "patch", 0.25),
+    (4, 64, 2, 2.0, "conv", 0.5)])
+def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, mlp, stem,
+                                               token_drop):
     from torch.utils.flop_counter import FlopCounterMode
 
     def sdpa(q, k, v, dropout_p=0.0):  # the CPU's fused kernel is not counted: spell it out
@@ -128,7 +154,7 @@ def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, m
     monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", sdpa)
     cfg = ModelConfig(image_size=32, patch_size=patch, dim=dim, depth=depth, heads=2,
                       mlp_ratio=mlp, dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned",
-                      stem=stem)
+                      stem=stem, token_drop=token_drop)
     model, x = build_model(cfg, 10), torch.randn(4, 3, 32, 32)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()

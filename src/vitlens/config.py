@@ -55,6 +55,7 @@ class ModelConfig:
     dropout: float = spec(ge=0, lt=1)
     attn_dropout: float = spec(ge=0, lt=1)
     drop_path: float = spec(ge=0, lt=1)
+    token_drop: float = spec(ge=0, lt=1)
     pos_embed: str = spec(choices=POS_EMBEDS)
     stem: str = spec(choices=STEMS)
 

@@ -105,6 +105,20 @@ def sincos_2d(grid: int, dim: int) -> Tensor:
     return torch.cat([pe.new_zeros(1, dim), pe]).float()[None]
 
 
+def kept_patches(patches: int, token_drop: float) -> int:
+    """Patch tokens a training step keeps of `patches` under model.token_drop (at least one)."""
+    return max(1, round(patches * (1 - token_drop)))
+
+
+def keep_tokens(x: Tensor, keep: int) -> Tensor:
+    """(B, 1 + keep, dim): the CLS token and a random `keep` of each image's patch tokens,
+    positions already added, so every block runs a shorter sequence (token dropout)."""
+    b, n, d = x.shape
+    idx = torch.rand(b, n - 1, device=x.device).argsort(1)[:, :keep] + 1  # (B, keep), 1-based
+    idx = torch.cat([idx.new_zeros(b, 1), idx], 1)
+    return x.gather(1, idx[..., None].expand(-1, -1, d))
+
+
 def stem_widths(channels: int, dim: int, patch_size: int) -> list[int]:
     """Channels into and out of each stride-2 conv of the conv stem: log2(patch_size) of
     them, widths doubling up to dim/2 (e.g. 3, 32, 64 for dim 128 and patch 4)."""
@@ -132,11 +146,13 @@ class ViT(nn.Module):
     def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int,
                  depth: int, heads: int, mlp_ratio: float, dropout: float = 0.0,
                  attn_dropout: float = 0.0, drop_path: float = 0.0, channels: int = 3,
-                 pos_embed: str = "learned", stem: str = "patch"):
+                 pos_embed: str = "learned", stem: str = "patch", token_drop: float = 0.0):
         super().__init__()
         assert image_size % patch_size == 0, "image size must be divisible by patch size"
         self.grid = image_size // patch_size
         self.patch_size = patch_size
+        assert 0 <= token_drop < 1, f"token_drop must be in [0, 1), got {token_drop}"
+        self.keep = kept_patches(self.grid**2, token_drop)
         assert stem in ("patch", "conv"), f"unknown stem {stem!r}"
         self.patch_embed = (conv_stem(channels, dim, patch_size) if stem == "conv" else
                             nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size))
@@ -172,7 +188,10 @@ class ViT(nn.Module):
         """Logits (B, classes); with return_attn, also every layer's (B, heads, N, N) weights."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, grid*grid, dim)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.drop(x + self.pos_embed)  # (B, N, dim), N = 1 + grid*grid
+        x = x + self.pos_embed  # (B, N, dim), N = 1 + grid*grid
+        if self.training and self.keep < self.grid**2 and not return_attn:
+            x = keep_tokens(x, self.keep)  # (B, 1 + keep, dim); evaluation and maps read all
+        x = self.drop(x)
         attns = []
         for i, block in enumerate(self.blocks):
             # The head reads the CLS token alone, so unless every layer's full attention is
@@ -188,14 +207,16 @@ def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
     return ViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=num_classes,
                dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
                dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, drop_path=cfg.drop_path,
-               pos_embed=cfg.pos_embed, stem=cfg.stem)
+               pos_embed=cfg.pos_embed, stem=cfg.stem, token_drop=cfg.token_drop)
 
 
 def train_flops_per_image(cfg: ModelConfig, num_classes: int = 10) -> float:
     """FLOPs of one training step per image: 2 per multiply-add, backward twice the forward.
     Counts the matrix products (embedding, QKV, attention, projection, MLP, head), with
-    the last block on the CLS query alone, as ViT.forward runs it."""
-    n, d, h = (cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+    the last block on the CLS query alone and the patch tokens model.token_drop keeps, as
+    ViT.forward runs it in training."""
+    n = kept_patches((cfg.image_size // cfg.patch_size) ** 2, cfg.token_drop) + 1
+    d, h = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
     token = 4 * d * d + 2 * h * d + 2 * n * d  # QKV, projection, MLP, QK^T and AV per query
     last = 2 * n * d * d + token - 2 * d * d  # K and V of every token, the rest for CLS only
     macs = (cfg.depth - 1) * n * token + last + d * num_classes

@@ -62,9 +62,9 @@ def load_trained(path: str | Path, device: torch.device | str = "auto") -> Train
                            "rerun the train stage (dvc repro train)") from None
     if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
         raise VitlensError(f"{path} is not a model written by the train stage")
-    # Records written before model.pos_embed and model.stem existed: learned positions, patches.
-    vit = build_model(ModelConfig(**{"pos_embed": "learned", "stem": "patch", **rec["model_config"]}),
-                      rec["num_classes"])
+    # Records written before model.pos_embed, model.stem and model.token_drop existed.
+    old = {"pos_embed": "learned", "stem": "patch", "token_drop": 0.0}
+    vit = build_model(ModelConfig(**{**old, **rec["model_config"]}), rec["num_classes"])
     vit.load_state_dict(rec["state_dict"])
     vit = vit.to(dev).eval()
     return Trained(vit=vit, norm=Normalizer(rec["mean"], rec["std"]), classes=list(rec["classes"]),

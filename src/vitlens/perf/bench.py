@@ -51,7 +51,7 @@ class Settings:
 
 QUICK_MODEL = ModelConfig(image_size=IMAGE_SIZE, patch_size=8, dim=32, depth=1, heads=2,
                           mlp_ratio=2.0, dropout=0.0, attn_dropout=0.0, drop_path=0.0,
-                          pos_embed="learned", stem="patch")
+                          pos_embed="learned", stem="patch", token_drop=0.0)
 
 
 def settings(args: argparse.Namespace, params: Params, device: torch.device) -> Settings:
@@ -111,8 +111,8 @@ def train_step(model: nn.Module, batch: Callable[[], tuple[Tensor, Tensor]], par
 
 
 def bench_models(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
-    # Dropout and drop path off in both: this compares the architectures' cost, not masks.
-    cfg = dataclasses.replace(s.model, dropout=0.0, attn_dropout=0.0, drop_path=0.0)
+    # Dropout, drop path and token dropout off in both: this compares the architectures' cost.
+    cfg = dataclasses.replace(s.model, dropout=0.0, attn_dropout=0.0, drop_path=0.0, token_drop=0.0)
     torch.manual_seed(0)
     x = torch.randn(s.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
     y = torch.randint(0, NUM_CLASSES, (s.batch_size,), device=device)
