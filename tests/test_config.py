@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from conftest import PROJECT_ROOT, write_params
 from vitlens.config import ConfigError, Params, load_params, parse_params
@@ -38,6 +39,13 @@ def test_real_params_load() -> None:
 def test_int_is_accepted_and_stored_as_float(params_dict: dict) -> None:
     p = parse_params(edited(params_dict, "train.lr", 1))
     assert p.train.lr == 1.0 and type(p.train.lr) is float
+
+
+def test_exponent_without_a_dot_is_read_as_the_number(tmp_path: Path, params_dict: dict) -> None:
+    """YAML 1.1 reads `1e-5` as a string; the param means the number."""
+    text = yaml.safe_dump(edited(params_dict, "train.min_lr", "PLACEHOLDER"))
+    (tmp_path / "params.yaml").write_text(text.replace("PLACEHOLDER", "1e-5"))
+    assert load_params(tmp_path / "params.yaml").train.min_lr == 1e-5
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -5,6 +5,7 @@ ConfigError whose one line names the key, the value and what is allowed.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -180,14 +181,6 @@ def _type_ok(value: Any, typ: Any) -> bool:
     raise TypeError(f"unsupported config type {typ}")
 
 
-def _float_or_str(text: str) -> float | str:
-    """YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number it means."""
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list[int]: "a list of integers", list[str]: "a list of strings"}
 
@@ -220,8 +213,9 @@ def _build(cls: type, section: str, raw: Any) -> Any:
         if name not in raw:
             raise ConfigError(f"{key} is missing")
         value, typ = raw[name], hints[name]
-        if typ is float and isinstance(value, str):
-            value = _float_or_str(value)
+        if typ is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a str
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if not _type_ok(value, typ):
             raise ConfigError(f"{key}={value!r} must be {_TYPE_NAMES[typ]}")
         _check_rules(key, value, f.metadata)
