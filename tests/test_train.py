@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+import torch._dynamo.utils
 
 from vitlens import checkpoint, step, training
 from vitlens.cifar import load_arrays
@@ -49,6 +50,24 @@ def test_compile_takes_the_configured_mode(tiny_params, cifar_npz, tmp_path, mon
     fit(tiny_params(**{"train.epochs": 1, "train.compile": True,
                        "train.compile_mode": "reduce-overhead"}), cifar_npz, tmp_path / "graphs")
     assert modes == ["reduce-overhead"]
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_as_the_eager_one_and_saves_plain_weights(tiny_params, cifar_npz,
+                                                                       tmp_path):
+    """Real torch.compile on the CPU, with the moving average on: fp32, so the two runs agree
+    to rounding, and the saved weights are the model's own names (no compile wrapper)."""
+    p = {"tracking.enabled": False, "train.epochs": 1, "train.ema": 0.9}
+    eager = stage(tiny_params(**p), cifar_npz, tmp_path / "eager")
+    torch.compiler.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = stage(tiny_params(**p, **{"train.compile": True}), cifar_npz, tmp_path / "compiled")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
+    assert compiled["state_dict"].keys() == eager["state_dict"].keys()
+    for k, v in eager["state_dict"].items():
+        assert torch.allclose(compiled["state_dict"][k], v, rtol=1e-3, atol=1e-4), k
+    for a, b in zip(metrics_only(eager["history"]), metrics_only(compiled["history"])):
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
 
 
 def test_lr_schedule_warms_up_then_decays():
