@@ -65,7 +65,7 @@ class ModelConfig:
 # kernel); the max-autotune ones search kernel configs, minutes of compiling.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-# train.precision: auto = bf16 autocast on CUDA and on CPUs with AMX (vitlens.device.train_bf16).
+# train.precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 (device.train_bf16).
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
