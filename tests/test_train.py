@@ -222,6 +222,21 @@ def test_the_run_trains_in_the_precision_asked_and_says_so(tiny_params, cifar_np
     assert MlflowClient().get_run(rec["mlflow_run_id"]).data.tags["precision"] == precision
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_validation_runs_in_the_precision_that_trains(tiny_params, cifar_npz, tmp_path, precision):
+    from vitlens.evaluation import evaluate_logits, split_logits
+    params = tiny_params(**{"train.precision": precision, "train.epochs": 1})
+    data = load_arrays(cifar_npz)
+    r = training.train(params, data, checkpoint=tmp_path / "ckpt.pt")
+    _, val, _ = training.device_splits(params, data, r.device)
+
+    def loss(bf16):
+        return evaluate_logits(split_logits(r.model, val, r.norm, 16, r.device, bf16=bf16),
+                               val.y, data.classes).loss
+    assert r.history[-1]["val_loss"] == pytest.approx(loss(precision == "bf16"), abs=1e-6)
+    assert r.history[-1]["val_loss"] != pytest.approx(loss(precision != "bf16"), abs=1e-6)
+
+
 def test_mlflow_run_holds_params_metrics_and_model(tiny_params, cifar_npz, tmp_path,
                                                    mlflow_store):
     from mlflow.tracking import MlflowClient

@@ -15,14 +15,15 @@ from vitlens.device import autocast
 
 @torch.no_grad()
 def split_logits(model: nn.Module, split: Split, norm: Normalizer, batch_size: int,
-                 device: torch.device, flip: bool = False) -> Tensor:
+                 device: torch.device, flip: bool = False, bf16: bool | None = None) -> Tensor:
     """Logits (N, classes) in float32 on the CPU, in the order of the split; with `flip`,
-    the mean of each image's logits and its mirror's (test-time augmentation)."""
+    the mean of each image's logits and its mirror's (test-time augmentation). `bf16`:
+    autocast as device.autocast does (None: on CUDA alone)."""
     model.eval()
     out = []
     for xb, _ in batches(split, batch_size):
         x = norm(xb)  # (B, 3, H, W)
-        with autocast(device):
+        with autocast(device, bf16):
             logits = model(x).float()
             if flip:
                 logits = (logits + model(x.flip(-1)).float()) / 2

@@ -187,9 +187,10 @@ def forward_module(model: nn.Module, t: TrainConfig,
 
 
 def validate(s: Setup, classes: list[str]) -> tuple[float, float]:
-    """(loss, accuracy) on the validation split."""
-    val = evaluate_logits(split_logits(s.final, s.val_split, s.norm, VAL_BATCH, s.device),
-                          s.val_split.y, classes)
+    """(loss, accuracy) on the validation split, in the precision that trains: in fp32 it
+    took a tenth of a bf16 epoch on a Zen 5 (the test set keeps evaluate's precision)."""
+    logits = split_logits(s.final, s.val_split, s.norm, VAL_BATCH, s.device, bf16=s.bf16)
+    val = evaluate_logits(logits, s.val_split.y, classes)
     return val.loss, val.accuracy
 
 
