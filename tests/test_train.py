@@ -372,14 +372,15 @@ def test_snapshots_are_logged_as_a_stepped_image(tiny_params, cifar_npz, tmp_pat
 
 
 def test_the_gpu_sized_default_on_a_cpu_says_so_before_training(params_dict, capsys):
+    from vitlens import preset
     from vitlens.config import parse_params
-    from vitlens.pipeline.train import CPU_PRESET, training_flops, warn_if_gpu_sized
+    from vitlens.pipeline.train import training_flops, warn_if_gpu_sized
 
     default = parse_params(params_dict)
     warn_if_gpu_sized(default, torch.device("cpu"), 50_000)
     line = capsys.readouterr().out
     assert line.startswith("note: training on a CPU a model sized for a GPU") and "make repro-cpu" in line
-    assert all(f"-S {k}={v}" in line for k, v in CPU_PRESET.items())
+    assert "vitlens cpu-preset" in line
     # A short run on a subset still names its size (".1f" printed "0.0 PFLOP" there).
     small = dataclasses.replace(default, data=dataclasses.replace(default.data, train_subset=2560),
                                 train=dataclasses.replace(default.train, epochs=2))
@@ -387,7 +388,7 @@ def test_the_gpu_sized_default_on_a_cpu_says_so_before_training(params_dict, cap
     pflop = float(capsys.readouterr().out.split(" PFLOP")[0].rsplit("(", 1)[1])
     assert pflop == pytest.approx(training_flops(small, 50_000) / 1e15, rel=0.05) and pflop > 0
     warn_if_gpu_sized(default, torch.device("cuda"), 50_000)
-    for key, value in CPU_PRESET.items():
+    for key, value in preset.MODEL.items():
         section, name = key.split(".")
         params_dict[section][name] = value
     warn_if_gpu_sized(parse_params(params_dict), torch.device("cpu"), 50_000)

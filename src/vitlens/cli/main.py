@@ -5,6 +5,7 @@
     vitlens ui [--port 5000]                               the MLflow UI on the project's store
     vitlens serve [--model-uri models:/vitlens-cifar10/1]  serve the model over HTTP, batched
     vitlens bench [--quick]                                model and data-pipeline throughput
+    vitlens cpu-preset                                     make repro-cpu's flags for this CPU
     vitlens loadtest --model-uri ...                       a served model's speed beside in-process
     vitlens gpu-check --archive ... --md5 ...              the one-go check on a CUDA machine
 
@@ -20,7 +21,7 @@ from vitlens.errors import run_main
 
 COMMANDS = {"predict": "vitlens.cli.predict", "reproduce": "vitlens.cli.reproduce",
             "ui": "vitlens.cli.ui", "serve": "vitlens.cli.serve", "bench": "vitlens.perf.bench",
-            "loadtest": "vitlens.perf.loadtest",
+            "cpu-preset": "vitlens.perf.preset_fit", "loadtest": "vitlens.perf.loadtest",
             "gpu-check": "vitlens.gpucheck.check"}
 
 

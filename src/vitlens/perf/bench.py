@@ -19,6 +19,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from vitlens import preset
 from vitlens.config import ModelConfig, Params, load_params
 from vitlens.data import Normalizer, Split, channel_stats
 from vitlens.device import autocast, native_bf16_cpu, pick_device
@@ -31,7 +32,6 @@ from vitlens.perf.bench_loop import bench_loop
 from vitlens.perf.bench_precision import bench_precision
 from vitlens.perf.bench_report import environment, report
 from vitlens.perf.timing import alternate, paired_speedup, summarize_calls, time_calls
-from vitlens.pipeline.train import cpu_preset
 from vitlens.step import batch_maker, make_optimizer, optimizer_step
 from vitlens.training import VAL_BATCH
 
@@ -193,8 +193,8 @@ def attention_shapes(params: Params, s: Settings, quick: bool, device: torch.dev
     if quick:
         subjects = [("quick", s.model, 4)]
     else:
-        preset = cpu_preset(params)
-        subjects = [("preset", preset.model, preset.train.batch_size),
+        cpu = preset.apply(params, preset.MODEL)
+        subjects = [("preset", cpu.model, cpu.train.batch_size),
                     ("default", params.model, params.train.batch_size)]
     bf16 = quick or device.type == "cuda" or bool(native_bf16_cpu())
     return [(name + suffix, cfg, batch, dtype) for name, cfg, batch in subjects
@@ -206,8 +206,8 @@ def loop_subject(params: Params, s: Settings, quick: bool) -> tuple[Params, int]
     """The loop bench's params and batch size: the CPU preset's; --quick's tiny model."""
     if quick:
         return dataclasses.replace(params, model=s.model), s.batch_size
-    preset = cpu_preset(params)
-    return preset, preset.train.batch_size
+    cpu = preset.apply(params, preset.MODEL)
+    return cpu, cpu.train.batch_size
 
 
 def run_bench(params: Params, s: Settings, device: torch.device,

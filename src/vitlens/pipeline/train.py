@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitlens import distributed, tracking
+from vitlens import distributed, preset, tracking
 from vitlens.checkpoint import checkpoint_digest, load_checkpoint
 from vitlens.cifar import Cifar10, load_arrays
-from vitlens.config import Params, parse_params
+from vitlens.config import Params
 from vitlens.data import split_train_val
 from vitlens.device import pick_device, train_bf16
 from vitlens.distributed import Dist
@@ -41,18 +41,7 @@ def start_run(params: Params, previous_run_id: str, device: torch.device,
     return run
 
 
-CPU_PRESET = {"model.dim": 128, "model.depth": 6, "model.heads": 4, "model.drop_path": 0.0,
-              "train.batch_size": 128}  # make repro-cpu's model: under 45 min on 2 Zen 4 cores
 CPU_WARN_RATIO = 3.0  # warn on a CPU when a run costs this many times the CPU preset's FLOPs
-
-
-def cpu_preset(params: Params) -> Params:
-    """`params` with make repro-cpu's CPU_PRESET overrides."""
-    raw = params.to_dict()
-    for key, value in CPU_PRESET.items():
-        section, name = key.split(".")
-        raw[section][name] = value
-    return parse_params(raw)
 
 
 def training_flops(params: Params, train_images: int) -> float:
@@ -66,12 +55,13 @@ def warn_if_gpu_sized(params: Params, device: torch.device, train_images: int) -
     before the first estimate."""
     if device.type != "cpu":
         return
-    ratio = training_flops(params, train_images) / training_flops(cpu_preset(params), train_images)
+    cpu = preset.apply(params, preset.MODEL)
+    ratio = training_flops(params, train_images) / training_flops(cpu, train_images)
     if ratio >= CPU_WARN_RATIO:
         print(f"note: training on a CPU a model sized for a GPU: {ratio:.0f}x the FLOPs of the CPU "
               f"preset ({training_flops(params, train_images) / 1e15:.2g} PFLOP); the estimate "
-              "after the first steps follows. For a CPU: make repro-cpu (dvc exp run "
-              + " ".join(f"-S {k}={v}" for k, v in CPU_PRESET.items()) + ")", flush=True)
+              "after the first steps follows. For a CPU: make repro-cpu (dvc exp run with the "
+              "flags `vitlens cpu-preset` prints for this CPU)", flush=True)
 
 
 def run_training(params: Params, data_path: Path, out: Path, history_path: Path,

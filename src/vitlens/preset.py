@@ -1,0 +1,55 @@
+"""The CPU preset: the overrides `make repro-cpu` hands `dvc exp run`, in one place.
+
+Everywhere it starts from the 0.81M-parameter model for 20 fp32 epochs (`FP32`), and that
+run's time is the budget. Where the CPU has native bf16 the same budget buys more: the bf16
+recipe (`BF16_RECIPE`) for as many epochs as `vitlens.perf.preset_fit` measures to fit in
+it on this CPU (bf16 runs 1.6x to 2.4x faster an epoch, by the CPU).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from vitlens.config import Params, parse_params, set_key
+
+FP32_EPOCHS = 20
+# The model all presets share, sized for under 45 minutes of 20 fp32 epochs on 2 Zen 4 cores.
+MODEL = {"model.dim": 128, "model.depth": 6, "model.heads": 4, "model.drop_path": 0.0,
+         "train.batch_size": 128}
+FP32 = {**MODEL, "train.precision": "fp32", "train.epochs": FP32_EPOCHS}
+# Chosen on validation accuracy over two seeds on a Zen 5 in bf16 (docs/recipe.md): 2 heads of
+# 64, a quarter of the patch tokens dropped in each step (faster steps, a regulariser), and a
+# moving average of the weights.
+BF16_RECIPE = {**MODEL, "model.heads": 2, "model.token_drop": 0.25, "train.ema": 0.999,
+               "train.precision": "bf16"}
+MIN_EPOCHS = FP32_EPOCHS  # below it, the recipe would give up epochs of the fp32 preset
+MARGIN = 0.95  # of the budget the fitted epochs may fill: timing noise, loop overheads
+
+
+def overrides(bf16_epochs: int | None) -> dict[str, Any]:
+    """The preset's overrides: FP32, or the bf16 recipe for `bf16_epochs`."""
+    if bf16_epochs is None:
+        return dict(FP32)
+    assert bf16_epochs >= MIN_EPOCHS, f"the bf16 recipe needs >= {MIN_EPOCHS} epochs, got {bf16_epochs}"
+    return {**BF16_RECIPE, "train.epochs": bf16_epochs}
+
+
+def fit_epochs(fp32_epoch_s: float, bf16_epoch_s: float) -> int | None:
+    """Epochs of the bf16 recipe that fit in MARGIN of the fp32 preset's FP32_EPOCHS, from
+    one epoch's seconds of each; None when fewer than MIN_EPOCHS fit (keep FP32)."""
+    assert fp32_epoch_s > 0 and bf16_epoch_s > 0, "epoch times must be positive"
+    epochs = math.floor(FP32_EPOCHS * MARGIN * fp32_epoch_s / bf16_epoch_s)
+    return epochs if epochs >= MIN_EPOCHS else None
+
+
+def apply(params: Params, keys: dict[str, Any]) -> Params:
+    """`params` with `keys` ("section.name": value) set, validated."""
+    raw = params.to_dict()
+    for key, value in keys.items():
+        set_key(raw, key, value)
+    return parse_params(raw)
+
+
+def cli_flags(keys: dict[str, Any]) -> str:
+    """`keys` as `dvc exp run` flags: -S section.name=value ..."""
+    return " ".join(f"-S {k}={v}" for k, v in keys.items())

@@ -1,0 +1,99 @@
+"""The CPU preset: its overrides, the epochs the bf16 recipe gets, and `vitlens cpu-preset`."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import PROJECT_ROOT
+from vitlens import preset
+from vitlens.config import parse_params, set_key
+from vitlens.model import train_flops_per_image
+from vitlens.perf import preset_fit
+
+BF16_HEADS = preset.BF16_RECIPE["model.heads"]
+
+
+def test_the_recipe_fills_the_fp32_presets_time_and_no_more():
+    # 20 fp32 epochs of 100 s = 2,000 s; 95% of it holds 47 epochs of 40 s (1,880 s).
+    assert preset.fit_epochs(100.0, 40.0) == 47
+    assert preset.fit_epochs(100.0, 40.0) * 40.0 <= preset.MARGIN * 20 * 100.0
+    assert (preset.fit_epochs(100.0, 40.0) + 1) * 40.0 > preset.MARGIN * 20 * 100.0
+    assert preset.fit_epochs(100.0, 100.0) is None  # no faster: keep the fp32 preset
+    with pytest.raises(AssertionError, match="positive"):
+        preset.fit_epochs(100.0, 0.0)
+
+
+def test_every_preset_is_valid_params_and_the_recipe_is_wider_and_in_bf16(params_dict):
+    real = parse_params(params_dict)
+    fp32 = preset.apply(real, preset.overrides(None))
+    bf16 = preset.apply(real, preset.overrides(47))
+    assert (fp32.train.precision, fp32.train.epochs, fp32.model.dim) == ("fp32", 20, 128)
+    assert (bf16.train.precision, bf16.train.epochs, bf16.model.heads) == ("bf16", 47, BF16_HEADS)
+    # Token drop: each training image costs fewer FLOPs than the fp32 preset's.
+    assert train_flops_per_image(bf16.model) < train_flops_per_image(fp32.model)
+    with pytest.raises(AssertionError, match="needs >= 20 epochs"):
+        preset.overrides(12)
+
+
+def test_flags_are_what_dvc_exp_run_takes(params_dict):
+    flags = preset.cli_flags(preset.overrides(33)).split()
+    assert flags[::2] == ["-S"] * len(preset.overrides(33))
+    for kv in flags[1::2]:  # as `-S` reads them: YAML values
+        key, value = kv.split("=")
+        set_key(params_dict, key, yaml.safe_load(value))
+    p = parse_params(params_dict)
+    assert (p.train.epochs, p.train.precision, p.model.heads) == (33, "bf16", BF16_HEADS)
+
+
+def test_without_native_bf16_the_preset_is_fp32_and_nothing_is_timed(params_dict, monkeypatch):
+    monkeypatch.setattr(preset_fit, "native_bf16_cpu", lambda: [])
+    monkeypatch.setattr(preset_fit, "epoch_seconds", lambda *a, **k: pytest.fail("timed"))
+    keys, why = preset_fit.choose(parse_params(params_dict), steps=2, rounds=1)
+    assert keys == preset.FP32 and "no native bf16" in why
+
+
+@pytest.mark.parametrize("fp32_s,bf16_s,epochs", [(100.0, 40.0, 47), (100.0, 99.0, None)])
+def test_with_native_bf16_the_recipe_gets_the_epochs_that_fit(params_dict, monkeypatch,
+                                                              fp32_s, bf16_s, epochs):
+    monkeypatch.setattr(preset_fit, "native_bf16_cpu", lambda: ["avx512_bf16"])
+    seen = {}
+
+    def timed(fp32, bf16, **_):
+        seen.update(fp32=fp32.train.precision, bf16=bf16.train.precision, heads=bf16.model.heads)
+        return {"fp32": {"epoch_s": fp32_s}, "bf16": {"epoch_s": bf16_s}}
+    monkeypatch.setattr(preset_fit, "epoch_seconds", timed)
+    keys, why = preset_fit.choose(parse_params(params_dict), steps=2, rounds=1)
+    assert seen == {"fp32": "fp32", "bf16": "bf16", "heads": BF16_HEADS}
+    assert keys == (preset.FP32 if epochs is None else preset.overrides(epochs))
+    assert f"{epochs} bf16 epochs fit" in why if epochs else "fp32 it is" in why
+
+
+def test_an_epoch_is_its_steps_and_its_validation_passes(tiny_params):
+    small = tiny_params(**{"train.batch_size": 16, "data.val_size": 40})
+    big = tiny_params(**{"train.batch_size": 16, "data.val_size": 40, "model.dim": 64,
+                         "model.depth": 4})
+    t = preset_fit.epoch_seconds(small, big, steps=2, rounds=2, val_batch=20)
+    for name in ("fp32", "bf16"):
+        r = t[name]
+        steps = (50_000 - 40) // 16
+        assert r["epoch_s"] == pytest.approx(steps * r["step_s"] + 2 * r["validation_pass_s"])
+    assert t["bf16"]["step_s"] > 0 and t["step_speedup_bf16"] > 0
+
+
+def test_vitlens_cpu_preset_prints_the_flags():
+    out = subprocess.run([sys.executable, "-m", "vitlens", "cpu-preset", "--steps", "1",
+                          "--rounds", "1"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("cpu-preset: ")
+    fp32 = "no native bf16" in out.stderr or "fp32 it is" in out.stderr
+    keys = preset.FP32 if fp32 else preset.BF16_RECIPE
+    flags = out.stdout.split()
+    assert all(f"{k}={v}" in flags for k, v in keys.items() if k != "train.epochs"), out.stdout
+
+
+def test_make_repro_cpu_runs_dvc_with_the_printed_flags():
+    dry = subprocess.run(["make", "-n", "repro-cpu", "EXTRA=-S train.seed=1"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert "dvc exp run $(vitlens cpu-preset) -S train.seed=1" in dry.stdout, dry.stdout
