@@ -108,10 +108,10 @@ def choose(params: Params, *, steps: int, rounds: int) -> tuple[dict[str, Any], 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--steps", type=int, default=8, help="timed steps of each, and validation "
-                    "passes (default: 8)")
-    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds they are split "
-                    "into (default: 4)")
+    ap.add_argument("--steps", type=int, default=24, help="timed steps of each, and validation "
+                    "passes (default: 24)")
+    ap.add_argument("--rounds", type=int, default=6, help="alternating rounds they are split "
+                    "into (default: 6)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     if params.train.threads:
