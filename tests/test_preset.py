@@ -15,8 +15,8 @@ BF16_HEADS = preset.BF16_RECIPE["model.heads"]
 
 
 def test_the_recipe_fills_the_fp32_presets_time_and_no_more():
-    # 20 fp32 epochs of 100 s = 2,000 s; 95% of it holds 47 epochs of 40 s (1,880 s).
-    assert preset.fit_epochs(100.0, 40.0) == 47
+    # 20 fp32 epochs of 100 s = 2,000 s; 90% of it holds 45 epochs of 40 s (1,800 s).
+    assert preset.fit_epochs(100.0, 40.0) == 45
     assert preset.fit_epochs(100.0, 40.0) * 40.0 <= preset.MARGIN * 20 * 100.0
     assert (preset.fit_epochs(100.0, 40.0) + 1) * 40.0 > preset.MARGIN * 20 * 100.0
     assert preset.fit_epochs(100.0, 100.0) is None  # no faster: keep the fp32 preset
@@ -53,7 +53,7 @@ def test_without_native_bf16_the_preset_is_fp32_and_nothing_is_timed(params_dict
     assert keys == preset.FP32 and "no native bf16" in why
 
 
-@pytest.mark.parametrize("fp32_s,bf16_s,epochs", [(100.0, 40.0, 47), (100.0, 99.0, None)])
+@pytest.mark.parametrize("fp32_s,bf16_s,epochs", [(100.0, 40.0, 45), (100.0, 99.0, None)])
 def test_with_native_bf16_the_recipe_gets_the_epochs_that_fit(params_dict, monkeypatch,
                                                               fp32_s, bf16_s, epochs):
     monkeypatch.setattr(preset_fit, "native_bf16_cpu", lambda: ["avx512_bf16"])
