@@ -10,10 +10,10 @@ import torch
 
 from vitlens.explain.attention import (
     attention_rollout,
-    cls_attention_maps,
-    cls_rollout_map,
+    head_maps,
     mean_attention_distance,
     patch_distances,
+    rollout_map,
     upsample_map,
 )
 from vitlens.explain.maps import compute_maps, mean_attention_distance_over
@@ -79,13 +79,13 @@ def test_identity_attention_rolls_out_to_identity_and_an_empty_cls_map():
     n = 1 + grid * grid
     attns = identity_attns(layers=4, batch=2, heads=3, n=n)
     torch.testing.assert_close(attention_rollout(attns), torch.eye(n).expand(2, n, n))
-    cls_map = cls_rollout_map(attns, grid)
+    cls_map = rollout_map(attns, grid)
     assert cls_map.shape == (2, grid, grid)
     assert not cls_map.isnan().any()
     assert (cls_map == 0).all()
 
 
-def test_cls_rollout_map_peaks_where_cls_always_looks():
+def test_rollout_map_peaks_where_cls_always_looks():
     grid, row, col = 4, 2, 1
     n = 1 + grid * grid
     target = 1 + row * grid + col
@@ -93,7 +93,7 @@ def test_cls_rollout_map_peaks_where_cls_always_looks():
     for attn in attns:
         attn[:, :, 0] = 0.0
         attn[:, :, 0, target] = 1.0
-    cls_map = cls_rollout_map(attns, grid)
+    cls_map = rollout_map(attns, grid)
     assert cls_map.shape == (2, grid, grid)
     torch.testing.assert_close(cls_map.sum(dim=(-2, -1)), torch.ones(2))
     for b in range(2):
@@ -101,19 +101,48 @@ def test_cls_rollout_map_peaks_where_cls_always_looks():
         assert divmod(flat, grid) == (row, col)
 
 
-def test_cls_attention_maps_pick_the_cls_row_per_head():
+def test_head_maps_pick_the_cls_row_per_head():
     batch, heads, grid = 2, 3, 4
     n = 1 + grid * grid
     attn = torch.arange(batch * heads * n * n, dtype=torch.float32).reshape(batch, heads, n, n)
-    maps = cls_attention_maps(attn, grid)
+    maps = head_maps(attn, grid)
     assert maps.shape == (batch, heads, grid, grid)
     for b, h, r, c in itertools.product(range(batch), range(heads), range(grid), range(grid)):
         assert maps[b, h, r, c] == attn[b, h, 0, 1 + r * grid + c]
 
 
-def test_cls_attention_maps_reject_a_wrong_grid():
+def test_head_maps_of_the_patch_mean_average_the_patch_rows():
+    batch, heads, grid = 2, 3, 4
+    n = 1 + grid * grid
+    attn = torch.rand(batch, heads, n, n).softmax(dim=-1)
+    maps = head_maps(attn, grid, pool="mean")
+    expected = attn[:, :, 1:, 1:].mean(dim=2).reshape(batch, heads, grid, grid)
+    torch.testing.assert_close(maps, expected)
+    assert not torch.allclose(maps, head_maps(attn, grid))
+    with pytest.raises(ValueError, match="pool"):
+        head_maps(attn, grid, pool="max")
+
+
+def test_rollout_map_of_the_patch_mean_peaks_where_the_patches_look():
+    """Every patch query but one looks at one patch; CLS looks at the other, which looks at
+    itself: the mean readout's map peaks at the first, the CLS readout's at the second."""
+    grid, n = 4, 17
+    patches_look, cls_looks = 1 + 2 * grid + 1, 1 + 3
+    attns = random_attns(layers=4, batch=2, heads=2, n=n, seed=2)
+    for attn in attns:
+        attn.mul_(0.1)
+        attn[:, :, 1:, patches_look] += 0.9
+        attn[:, :, cls_looks, patches_look] -= 0.9
+        attn[:, :, [0, cls_looks], cls_looks] += 0.9
+    mean_map, cls_map = rollout_map(attns, grid, pool="mean"), rollout_map(attns, grid)
+    torch.testing.assert_close(mean_map.sum(dim=(-2, -1)), torch.ones(2))
+    assert (mean_map.flatten(1).argmax(1) == patches_look - 1).all()
+    assert (cls_map.flatten(1).argmax(1) == cls_looks - 1).all()
+
+
+def test_head_maps_reject_a_wrong_grid():
     with pytest.raises(ValueError):
-        cls_attention_maps(torch.rand(1, 2, 17, 17), grid=3)
+        head_maps(torch.rand(1, 2, 17, 17), grid=3)
 
 
 @pytest.mark.parametrize(("row", "col"), [(0, 0), (3, 5), (7, 7)])

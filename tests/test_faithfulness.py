@@ -15,9 +15,9 @@ from conftest import write_params
 from vitlens.config import ConfigError, parse_params
 from vitlens.errors import VitlensError
 from vitlens.explain.attention import (
-    cls_gradient_rollout_map,
-    cls_rollout_map,
     gradient_rollout,
+    gradient_rollout_map,
+    rollout_map,
     upsample_map,
 )
 from vitlens.explain.faithfulness import (
@@ -158,13 +158,13 @@ def test_gradient_rollout_composes_layers_first_to_last():
 
 def test_gradient_rollout_map_counts_only_attention_that_raises_the_score():
     attns = [_attention(2, 3, 5, 5, seed=s) for s in (1, 2)]
-    zeros = cls_gradient_rollout_map(attns, [-a for a in attns], grid=2)
+    zeros = gradient_rollout_map(attns, [-a for a in attns], grid=2)
     assert zeros.shape == (2, 2, 2) and (zeros == 0).all()
     grad = torch.zeros(1, 1, 5, 5)
     grad[0, 0, 0, 1], grad[0, 0, 0, 2] = 1.0, -10.0  # CLS on patch 0 helps, on patch 1 hurts
-    m = cls_gradient_rollout_map([_attention(1, 1, 5, 5, seed=3)], [grad], grid=2)
+    m = gradient_rollout_map([_attention(1, 1, 5, 5, seed=3)], [grad], grid=2)
     torch.testing.assert_close(m, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
-    m = cls_gradient_rollout_map(attns, [torch.ones_like(a) for a in attns], grid=2)
+    m = gradient_rollout_map(attns, [torch.ones_like(a) for a in attns], grid=2)
     torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(2))
     assert (m >= 0).all()
 
@@ -199,10 +199,28 @@ def test_explanation_maps_batch_alike_and_match_the_attention_helpers(small_vit)
         torch.testing.assert_close(maps[m], whole[m])
     with torch.no_grad():
         _, attns = small_vit(x, return_attn=True)
-    torch.testing.assert_close(maps["rollout"], cls_rollout_map(attns, GRID))
+    torch.testing.assert_close(maps["rollout"], rollout_map(attns, GRID))
     torch.testing.assert_close(maps["last_layer"], attns[-1][:, :, 0, 1:].mean(1).view(5, GRID, GRID))
     with pytest.raises(ValueError, match="unknown methods"):
         explanation_maps(small_vit, x, ["saliency"], seed=0, batch_size=2)
+
+
+def test_maps_of_a_mean_pool_model_read_the_patch_mean():
+    """model.pool=mean: rollout and last_layer read the mean of the patch rows, and the
+    gradient-weighted rollout explains the logit the head computes from that mean."""
+    torch.manual_seed(0)
+    model = ViT(image_size=SIZE, patch_size=PATCH, num_classes=CLASSES, dim=32, depth=2,
+                heads=2, mlp_ratio=2.0, pool="mean").eval()
+    x = torch.randn(4, 3, SIZE, SIZE)
+    m = compute_maps(model, x)
+    attns = m.attns
+    torch.testing.assert_close(m.rollout, rollout_map(attns, GRID, pool="mean"))
+    assert not torch.allclose(m.rollout, rollout_map(attns, GRID), atol=1e-4)
+    torch.testing.assert_close(m.last_layer, attns[-1][:, :, 1:, 1:].mean((1, 2)).view(4, GRID, GRID))
+    torch.testing.assert_close(m.grad_rollout.sum(dim=(1, 2)), torch.ones(4))
+    torch.testing.assert_close(compute_maps(model, x[1:2]).grad_rollout, m.grad_rollout[1:2])
+    other = (m.logits.argmax(1) + 1) % CLASSES
+    assert not torch.allclose(compute_maps(model, x, target=other).grad_rollout, m.grad_rollout)
 
 
 def test_random_maps_depend_on_the_seed_alone():

@@ -69,6 +69,27 @@ def test_cls_only_last_block_matches_the_full_block():
         torch.testing.assert_close(fast_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_mean_pool_reads_the_mean_of_the_patch_tokens():
+    """model.pool=mean: the head reads the normalised mean of the last block's patch tokens,
+    so every token runs the last block, and fused and explicit paths still agree."""
+    torch.manual_seed(0)
+    model = tiny(depth=2, pool="mean").eval()
+    x = torch.randn(4, 3, 32, 32)
+    captured = {}
+    model.norm.register_forward_hook(lambda m, inp, out: captured.update(inp=inp[0]))
+    logits = model(x)
+    tokens = model.patch_embed(x).flatten(2).transpose(1, 2)
+    t = torch.cat([model.cls_token.expand(4, -1, -1), tokens], 1) + model.pos_embed
+    for block in model.blocks:
+        t = block(t)[0]
+    torch.testing.assert_close(captured["inp"], t[:, 1:].mean(1))
+    torch.testing.assert_close(logits, model.head(model.norm(t[:, 1:].mean(1))))
+    torch.testing.assert_close(model(x, return_attn=True)[0], logits, rtol=1e-4, atol=1e-5)
+    cls = tiny(depth=2)
+    cls.load_state_dict(model.state_dict())
+    assert not torch.allclose(cls.eval()(x), logits, atol=1e-3)
+
+
 def test_every_parameter_gets_a_gradient():
     model = tiny(drop_path=0.0)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
@@ -79,7 +100,7 @@ def test_every_parameter_gets_a_gradient():
 def test_build_model_reads_config():
     cfg = ModelConfig(image_size=32, patch_size=8, dim=48, depth=3, heads=3, mlp_ratio=1.5,
                       dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned", stem="patch",
-                      token_drop=0.0)
+                      token_drop=0.0, pool="cls")
     model = build_model(cfg, num_classes=7)
     assert model.grid == 4 and len(model.blocks) == 3
     assert model.blocks[0].mlp[0].out_features == 72
@@ -141,12 +162,14 @@ def test_token_drop_keeps_cls_and_a_random_subset_in_training_and_every_token_ot
     assert attns[0].shape == (3, 4, 65, 65)
 
 
-@pytest.mark.parametrize("patch,dim,depth,mlp,stem,token_drop", [
-    (4, 64, 3, 2.0, "patch", 0.0), (2, 48, 2, 3.0, "patch", 0.0), (8, 96, 1, 4.0, "patch", 0.0),
-    (4, 64, 3, 2.0, "conv", 0.0), (8, 96, 1, 4.0, "conv", 0.0), (4, 64, 3, 2.0, "patch", 0.25),
-    (4, 64, 2, 2.0, "conv", 0.5)])
+@pytest.mark.parametrize("patch,dim,depth,mlp,stem,token_drop,pool", [
+    (4, 64, 3, 2.0, "patch", 0.0, "cls"), (2, 48, 2, 3.0, "patch", 0.0, "cls"),
+    (8, 96, 1, 4.0, "patch", 0.0, "cls"), (4, 64, 3, 2.0, "conv", 0.0, "cls"),
+    (8, 96, 1, 4.0, "conv", 0.0, "cls"), (4, 64, 3, 2.0, "patch", 0.25, "cls"),
+    (4, 64, 2, 2.0, "conv", 0.5, "cls"), (4, 64, 3, 2.0, "patch", 0.0, "mean"),
+    (4, 64, 2, 2.0, "patch", 0.25, "mean")])
 def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, mlp, stem,
-                                               token_drop):
+                                               token_drop, pool):
     from torch.utils.flop_counter import FlopCounterMode
 
     def sdpa(q, k, v, dropout_p=0.0):  # the CPU's fused kernel is not counted: spell it out
@@ -154,7 +177,7 @@ def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, m
     monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", sdpa)
     cfg = ModelConfig(image_size=32, patch_size=patch, dim=dim, depth=depth, heads=2,
                       mlp_ratio=mlp, dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned",
-                      stem=stem, token_drop=token_drop)
+                      stem=stem, token_drop=token_drop, pool=pool)
     model, x = build_model(cfg, 10), torch.randn(4, 3, 32, 32)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()

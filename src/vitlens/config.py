@@ -43,6 +43,7 @@ class DataConfig:
 
 POS_EMBEDS = ("learned", "sincos")  # learned positions, or fixed 2-D sin-cos ones
 STEMS = ("patch", "conv")  # one linear map per patch (ViT), or small strided convs
+POOLS = ("cls", "mean")  # the head reads the CLS token, or the mean of the patch tokens
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class ModelConfig:
     token_drop: float = spec(ge=0, lt=1)
     pos_embed: str = spec(choices=POS_EMBEDS)
     stem: str = spec(choices=STEMS)
+    pool: str = spec(choices=POOLS)
 
 
 # torch.compile's modes: reduce-overhead adds CUDA graphs (one launch per graph, not per

@@ -1,6 +1,6 @@
 """A Vision Transformer, written here: patch embedding (or a small convolutional stem), CLS
 token, learned (or fixed 2-D sin-cos) positions, pre-norm encoder blocks, final norm and a
-linear head."""
+linear head on the CLS token (or on the mean of the patch tokens)."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -146,8 +146,11 @@ class ViT(nn.Module):
     def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int,
                  depth: int, heads: int, mlp_ratio: float, dropout: float = 0.0,
                  attn_dropout: float = 0.0, drop_path: float = 0.0, channels: int = 3,
-                 pos_embed: str = "learned", stem: str = "patch", token_drop: float = 0.0):
+                 pos_embed: str = "learned", stem: str = "patch", token_drop: float = 0.0,
+                 pool: str = "cls"):
         super().__init__()
+        assert pool in ("cls", "mean"), f"unknown pool {pool!r}"
+        self.pool = pool
         assert image_size % patch_size == 0, "image size must be divisible by patch size"
         self.grid = image_size // patch_size
         self.patch_size = patch_size
@@ -172,6 +175,11 @@ class ViT(nn.Module):
         self.head = nn.Linear(dim, num_classes)
         self._init_weights()
 
+    @property
+    def readout(self) -> str:
+        """What the head reads, as figures name it: "CLS" or "patch-mean" (model.pool)."""
+        return "CLS" if self.pool == "cls" else "patch-mean"
+
     def _init_weights(self) -> None:
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -194,12 +202,14 @@ class ViT(nn.Module):
         x = self.drop(x)
         attns = []
         for i, block in enumerate(self.blocks):
-            # The head reads the CLS token alone, so unless every layer's full attention is
-            # asked for, the last block updates only that token (~1/depth fewer FLOPs).
-            last = i == len(self.blocks) - 1 and not return_attn
+            # A head on the CLS token reads it alone, so unless every layer's full attention
+            # is asked for, the last block updates only that token (~1/depth fewer FLOPs).
+            last = i == len(self.blocks) - 1 and not return_attn and self.pool == "cls"
             x, attn = block(x, return_attn, cls_only=last)
             attns.append(attn)
-        logits = self.head(self.norm(x[:, 0]))
+        # Mean pooling: the CLS token stays in the sequence (a token every patch may read),
+        # but the head reads the mean of the patch tokens, (B, dim), normalised after pooling.
+        logits = self.head(self.norm(x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)))
         return (logits, attns) if return_attn else logits
 
 
@@ -207,18 +217,19 @@ def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
     return ViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=num_classes,
                dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
                dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, drop_path=cfg.drop_path,
-               pos_embed=cfg.pos_embed, stem=cfg.stem, token_drop=cfg.token_drop)
+               pos_embed=cfg.pos_embed, stem=cfg.stem, token_drop=cfg.token_drop, pool=cfg.pool)
 
 
 def train_flops_per_image(cfg: ModelConfig, num_classes: int = 10) -> float:
     """FLOPs of one training step per image: 2 per multiply-add, backward twice the forward.
     Counts the matrix products (embedding, QKV, attention, projection, MLP, head), with
-    the last block on the CLS query alone and the patch tokens model.token_drop keeps, as
-    ViT.forward runs it in training."""
+    the last block on the CLS query alone (model.pool=cls) and the patch tokens
+    model.token_drop keeps, as ViT.forward runs it in training."""
     n = kept_patches((cfg.image_size // cfg.patch_size) ** 2, cfg.token_drop) + 1
     d, h = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
     token = 4 * d * d + 2 * h * d + 2 * n * d  # QKV, projection, MLP, QK^T and AV per query
-    last = 2 * n * d * d + token - 2 * d * d  # K and V of every token, the rest for CLS only
+    # K and V of every token, the rest for CLS only; every query when the head reads the mean.
+    last = 2 * n * d * d + token - 2 * d * d if cfg.pool == "cls" else n * token
     macs = (cfg.depth - 1) * n * token + last + d * num_classes
     first, rest = _embed_macs(cfg, 3)
     return 6.0 * (macs + rest) + 4.0 * first  # the first layer's backward: its weights' alone

@@ -1,10 +1,14 @@
 """The math of where a ViT looks, on attention tensors alone: attention rollout, gradient-weighted
-rollout, per-head CLS maps, mean attention distance (the model pass is `vitlens.explain.maps`).
+rollout, per-head maps, mean attention distance (the model pass is `vitlens.explain.maps`).
 
 Attention tensors follow the model's convention: one `(B, heads, N, N)` tensor per layer,
 row = query, column = key, rows summing to 1. Token 0 is CLS; tokens 1..N-1 are the
 patches of a `grid` x `grid` layout in row-major order, so token `1 + r * grid + c` is the
 patch at row r, column c.
+
+Every map reads the row of the token the head reads (`pool`): the CLS token's row, or, when
+the head reads the mean of the patch tokens (model.pool=mean), the mean of the patch rows.
+Either way a map says how much each patch reaches what the head reads.
 
 Shape mismatches are programming errors, so they raise ValueError rather than VitlensError.
 """
@@ -23,6 +27,15 @@ def _check_tokens(attn: Tensor, grid: int) -> None:
             f"attention of shape {tuple(attn.shape)} does not fit a CLS token plus a "
             f"{grid}x{grid} patch grid (expected last dims {1 + grid * grid})"
         )
+
+
+def readout_row(m: Tensor, pool: str) -> Tensor:
+    """(..., N, N) -> (..., N - 1): the row of what the head reads over the patch keys: the
+    CLS query's row (pool "cls") or the mean of the patch queries' rows (pool "mean")."""
+    if pool not in ("cls", "mean"):
+        raise ValueError(f"unknown pool {pool!r}: cls or mean")
+    row = m[..., 0, :] if pool == "cls" else m[..., 1:, :].mean(dim=-2)
+    return row[..., 1:]
 
 
 def _normalise_last(x: Tensor) -> Tensor:
@@ -54,16 +67,17 @@ def attention_rollout(attns: Sequence[Tensor]) -> Tensor:
     return rollout
 
 
-def cls_rollout_map(attns: Sequence[Tensor], grid: int) -> Tensor:
-    """The CLS row of the rollout over the patches, summing to 1, as a (B, grid, grid) map.
+def rollout_map(attns: Sequence[Tensor], grid: int, *, pool: str = "cls") -> Tensor:
+    """The readout row of the rollout over the patches, summing to 1, as a (B, grid, grid) map.
 
-    The CLS-to-CLS entry is dropped and the rest renormalised. If CLS draws nothing from
-    the patches (e.g. identity attention everywhere) the map is all zeros, not NaN or a
-    made-up uniform map, so "looks nowhere" stays distinguishable from "looks everywhere".
+    The entry of the CLS key is dropped and the rest renormalised. If the readout draws
+    nothing from the patches (e.g. CLS under identity attention everywhere) the map is all
+    zeros, not NaN or a made-up uniform map, so "looks nowhere" stays distinguishable from
+    "looks everywhere".
     """
     _check_tokens(attns[0], grid)
-    cls_row = attention_rollout(attns)[:, 0, 1:]  # (B, grid*grid)
-    return _normalise_last(cls_row).reshape(-1, grid, grid)
+    row = readout_row(attention_rollout(attns), pool)  # (B, grid*grid)
+    return _normalise_last(row).reshape(-1, grid, grid)
 
 
 def gradient_rollout(attns: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
@@ -85,23 +99,25 @@ def gradient_rollout(attns: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor
     return rel
 
 
-def cls_gradient_rollout_map(attns: Sequence[Tensor], grads: Sequence[Tensor],
-                             grid: int) -> Tensor:
-    """The CLS row of the gradient-weighted rollout over the patches, as cls_rollout_map
-    makes it: (B, grid, grid), summing to 1, all zeros where no attention raised the score."""
+def gradient_rollout_map(attns: Sequence[Tensor], grads: Sequence[Tensor], grid: int, *,
+                         pool: str = "cls") -> Tensor:
+    """The readout row of the gradient-weighted rollout over the patches, as rollout_map
+    makes it: (B, grid, grid), summing to 1, all zeros where no attention raised the score.
+    For CLS the identity adds nothing; for the patch mean it adds 1/(grid*grid) to every
+    patch: each patch token reaches the head through its own skip path too."""
     _check_tokens(attns[0], grid)
-    cls_row = gradient_rollout(attns, grads)[:, 0, 1:]  # the identity adds nothing here
-    return _normalise_last(cls_row).reshape(-1, grid, grid)
+    row = readout_row(gradient_rollout(attns, grads), pool)  # (B, grid*grid)
+    return _normalise_last(row).reshape(-1, grid, grid)
 
 
-def cls_attention_maps(attn: Tensor, grid: int) -> Tensor:
-    """One layer's CLS-query attention over the patches, per head: (B, heads, grid, grid).
+def head_maps(attn: Tensor, grid: int, *, pool: str = "cls") -> Tensor:
+    """One layer's readout attention over the patches, per head: (B, heads, grid, grid).
 
-    Not renormalised: the mass CLS puts on itself is simply missing from the map.
+    Not renormalised: the mass the readout puts on the CLS key is simply missing from the map.
     """
     _check_tokens(attn, grid)
     b, heads = attn.shape[:2]
-    return attn[:, :, 0, 1:].reshape(b, heads, grid, grid)
+    return readout_row(attn, pool).reshape(b, heads, grid, grid)
 
 
 def upsample_map(m: Tensor, size: int) -> Tensor:

@@ -2,9 +2,11 @@
 
 Maps are (B, grid, grid) relevance over the patches, higher = more relevant, in their natural
 units (a share of attention or relevance, summing to 1 for the rollouts):
-- rollout: attention rollout, class-agnostic (attention.cls_rollout_map);
+- rollout: attention rollout, class-agnostic (attention.rollout_map);
 - grad_rollout: gradient-weighted rollout for the predicted class (Chefer et al., 2021);
-- heads: the last layer's CLS attention over the patches, per head; last_layer is their mean;
+- heads: the last layer's attention over the patches, per head; last_layer is their mean;
+each read from the row of what the head reads: the CLS token, or the mean of the patch
+tokens under model.pool=mean (attention.readout_row);
 - random: uniform noise, seeded; the floor every map must beat in the faithfulness scores.
 `attns` keeps every layer's (B, heads, N, N) weights for the views that need all of them.
 """
@@ -18,10 +20,10 @@ from torch import Tensor
 
 from vitlens.config import FAITHFULNESS_METHODS
 from vitlens.explain.attention import (
-    cls_attention_maps,
-    cls_gradient_rollout_map,
-    cls_rollout_map,
+    gradient_rollout_map,
+    head_maps,
     mean_attention_distance,
+    rollout_map,
 )
 from vitlens.model import ViT
 
@@ -30,13 +32,13 @@ from vitlens.model import ViT
 class Maps:
     logits: Tensor  # (B, classes) float32
     rollout: Tensor  # (B, g, g)
-    heads: Tensor  # (B, heads, g, g), last layer, CLS query
+    heads: Tensor  # (B, heads, g, g), last layer, the readout's row
     attns: list[Tensor]  # per layer (B, heads, N, N), detached
     grad_rollout: Tensor | None = None  # (B, g, g), for the predicted class; None without grad
 
     @property
     def last_layer(self) -> Tensor:
-        """(B, g, g) the last layer's CLS attention averaged over heads."""
+        """(B, g, g) the last layer's readout attention averaged over heads."""
         return self.heads.mean(dim=1)
 
     def by_name(self, method: str) -> Tensor:
@@ -65,12 +67,14 @@ def compute_maps(model: ViT, x: Tensor, *, grad: bool = True, target: Tensor | N
             score = logits.gather(1, cls[:, None]).sum()
             grads = torch.autograd.grad(score, attns)  # (B, heads, N, N) per layer
         attns = [a.detach() for a in attns]
-        rel = cls_gradient_rollout_map(attns, grads, model.grid)
+        rel = gradient_rollout_map(attns, grads, model.grid, pool=model.pool)
     else:
         with torch.no_grad():
             logits, attns = model(x, return_attn=True)
-    return Maps(logits=logits.detach().float(), rollout=cls_rollout_map(attns, model.grid),
-                heads=cls_attention_maps(attns[-1], model.grid), attns=attns, grad_rollout=rel)
+    return Maps(logits=logits.detach().float(),
+                rollout=rollout_map(attns, model.grid, pool=model.pool),
+                heads=head_maps(attns[-1], model.grid, pool=model.pool), attns=attns,
+                grad_rollout=rel)
 
 
 def random_maps(n: int, grid: int, seed: int) -> Tensor:
