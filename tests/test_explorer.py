@@ -1,5 +1,6 @@
 """The attention explorer in real headless Chromium, network blocked: what the page shows after
 real clicks, hovers and key presses must equal what Python computed."""
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -268,6 +269,38 @@ def test_pictures_show_the_gallery_and_maps_only(browser, trained, inputs, tmp_p
         want, other = attns[1][0, 2, 0, 1:].numpy(), attns[1][0, 0, 0, 1:].numpy()
         assert (np.abs(np.array(shown(pg, "shown.head")) - want) <= attention_tol(want)).all()
         assert not (np.abs(other - want) <= attention_tol(want)).all()  # another head would show
+    finally:
+        pg.context.close()
+
+
+def test_a_mean_pool_models_views_read_the_patch_mean(browser, trained, inputs, tmp_path):
+    """model.pool=mean: the model view draws the mean of the patch rows, what the head reads,
+    and a clicked cell opens that readout in the head view, not the CLS row."""
+    images, _, _ = inputs
+    vit = ViT(image_size=32, patch_size=8, num_classes=10, dim=32, depth=LAYERS, heads=HEADS,
+              mlp_ratio=2.0, pool="mean").eval()
+    vit.load_state_dict(trained.vit.state_dict())
+    mean = dataclasses.replace(trained, vit=vit)
+    gal = explorer.gallery(mean, images[:2], ["a", "b"], [0, 1], layers=[0, 1], heads=[0, 1, 2, 3],
+                           batch_size=2)
+    path = tmp_path / "index.html"
+    write_explorer(path, explorer.document(mean, title="mean pool", kind="pictures", gallery=gal))
+    pg = open_page(browser, path)
+    try:
+        assert pg.errors == []
+        assert "mean attention" in pg.locator("#model-section h2").inner_text()
+        attns = compute_maps(vit, mean.norm(torch.from_numpy(images[:1])), grad=False).attns
+        for li, hi in ((0, 1), (1, 3)):
+            rows = attns[li][0, hi, 1:, 1:].numpy()  # (P, P): every patch query's row
+            want, tol = rows.mean(0), attention_tol(rows).mean(0)
+            got = np.array(shown(pg, f"shown.model[{li}][{hi}]"))
+            assert (np.abs(got - want) <= tol).all()
+            cls_row = attns[li][0, hi, 0, 1:].numpy()
+            assert not (np.abs(cls_row - want) <= tol).all()  # the CLS row would show
+        pg.locator("[data-testid=model-cell][data-layer='1'][data-head='3']").click()
+        assert shown(pg, "state.token") == -1
+        np.testing.assert_allclose(shown(pg, "shown.head"), shown(pg, "shown.model[1][3]"))
+        assert "mean of the patches" in pg.locator("#head-info").inner_text()
     finally:
         pg.context.close()
 

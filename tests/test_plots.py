@@ -135,7 +135,15 @@ def test_attention_overlays_rejects_maps_not_at_image_size(images, rng):
 def test_rollout_vs_heads(tmp_path, rng, images):
     titles = ["cat (pred cat)", "dog (pred cat)", "ship (pred ship)"]
     fig = plots.rollout_vs_heads(images, maps_like(rng, 3), maps_like(rng, 3, 3), titles)
-    assert fig.get_suptitle()
+    assert fig.get_suptitle() == "Attention rollout vs last-layer CLS attention per head"
+    bars = [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert bars[:2] == ["rollout (share of CLS attention)", "CLS attention (share)"]
+    mean = plots.rollout_vs_heads(images, maps_like(rng, 3), maps_like(rng, 3, 3), titles,
+                                  readout="patch-mean")
+    assert "last-layer patch-mean attention" in mean.get_suptitle()
+    assert [ax.get_ylabel() for ax in mean.axes if ax.get_label() == "<colorbar>"][1] == \
+        "patch-mean attention (share)"
+    saved(mean, tmp_path)
     grid = np.array([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]).reshape(3, 5)
     assert [ax.get_title() for ax in grid[0]] == [titles[0], "rollout", "head 1", "head 2",
                                                   "head 3"]

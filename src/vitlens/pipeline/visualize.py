@@ -91,7 +91,8 @@ def run_visualize(params_path: str | Path, model_path: Path, data_path: Path, ou
             grad_maps=upsample_map(maps.by_name("grad_rollout"), size).cpu().numpy()),
         "rollout_vs_heads.png": figures.rollout_vs_heads(
             images, rollout, upsample_map(maps.heads, size).cpu().numpy(),
-            [f"#{i} {t} -> {p}" for i, t, p in zip(chosen, truth, pred_names)]),
+            [f"#{i} {t} -> {p}" for i, t, p in zip(chosen, truth, pred_names)],
+            readout=model.readout),
         "attention_distance.png": figures.attention_distance_plot(dist, model.patch_size),
     }
     for name, fig in figs.items():

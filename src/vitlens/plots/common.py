@@ -22,7 +22,7 @@ from vitlens.io import atomic_path
 DPI = 120
 MAP_CMAP = "inferno"
 MAP_ALPHA = 0.6
-ATTENTION_LABEL = "attention (share of CLS attention)"
+ATTENTION_LABEL = "attention (share)"
 GRID_COLUMNS = 8
 RIGHT, WRONG = "tab:green", "tab:red"
 

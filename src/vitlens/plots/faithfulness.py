@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from vitlens.plots.common import check_images, check_maps, colorbar, overlay, show_image
 
 LABELS = {"rollout": "attention rollout", "grad_rollout": "gradient-weighted rollout",
-          "last_layer": "last-layer CLS attention", "random": "random (baseline)"}
+          "last_layer": "last-layer attention", "random": "random (baseline)"}
 AXES = {"deletion": ("share of patches deleted (most relevant first)", "lower is better"),
         "insertion": ("share of patches put back (most relevant first)", "higher is better")}
 

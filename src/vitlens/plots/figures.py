@@ -110,15 +110,14 @@ def attention_overlays(images: np.ndarray, truth: Sequence[str], pred: Sequence[
 
 
 def rollout_vs_heads(images: np.ndarray, rollout: np.ndarray, heads: np.ndarray,
-                     titles: Sequence[str], *,
-                     title: str = "Attention rollout vs last-layer CLS attention per head",
-                     ) -> Figure:
-    """Per image: the image, its rollout overlay, then each head's last-layer CLS map.
+                     titles: Sequence[str], *, readout: str = "CLS") -> Figure:
+    """Per image: the image, its rollout overlay, then each head's last-layer map of the
+    `readout` (what the head reads: "CLS", or "patch-mean" under model.pool=mean).
 
     `rollout` is (n, H, W), `heads` (n, heads, H, W), both at image resolution. The rollout
     has its own colour bar; the heads of a row share one scale and bar, so their magnitudes
     compare directly. A shared scale with the rollout would be unreadable: a single focused
-    head can put most of the CLS attention on one patch, flattening the rollout to black.
+    head can put most of its attention on one patch, flattening the rollout to black.
     """
     check_images(images, titles)
     check_maps(images, rollout)
@@ -133,15 +132,15 @@ def rollout_vs_heads(images: np.ndarray, rollout: np.ndarray, heads: np.ndarray,
         show_image(row[0], img)
         row[0].set_title(name, fontsize=10)
         roll_norm = overlay(row[1], img, roll)
-        colorbar(fig, roll_norm, row[1], label="rollout (share of CLS attention)")
+        colorbar(fig, roll_norm, row[1], label=f"rollout (share of {readout} attention)")
         head_norm = Normalize(0.0, max(float(maps.max()), 1e-12))
         for ax, m in zip(row[2:], maps):
             overlay(ax, img, m, head_norm)
-        colorbar(fig, head_norm, list(row[2:]), label="CLS attention (share)")
+        colorbar(fig, head_norm, list(row[2:]), label=f"{readout} attention (share)")
     axes[0, 1].set_title("rollout", fontsize=10)
     for h, ax in enumerate(axes[0, 2:], 1):
         ax.set_title(f"head {h}", fontsize=10)
-    fig.suptitle(title)
+    fig.suptitle(f"Attention rollout vs last-layer {readout} attention per head")
     return fig
 
 

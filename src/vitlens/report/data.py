@@ -147,6 +147,6 @@ def document(trained: Trained, *, title: str, kind: str, gallery: dict[str, Any]
     meta = {"title": title, "kind": kind, "classes": list(trained.classes),
             "grid": m["image_size"] // m["patch_size"], "image_size": m["image_size"],
             "patch_size": m["patch_size"], "n_layers": m["depth"], "n_heads": m["heads"],
-            "run_id": trained.run_id}
+            "readout": trained.vit.readout, "run_id": trained.run_id}
     return {"meta": meta, "images": gallery, "class_means": class_means, "training": training,
             "facts": facts}

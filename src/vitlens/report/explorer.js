@@ -84,9 +84,17 @@
     }
     return slice(heads, k * H + Number(kind.slice(5)));  // "head:h"
   }
-  // Row `token` of layer li, head hi over the patches (key columns 1..P).
-  const attnRow = (k, li, hi, token) => Array.from(attn.subarray(
-    (((k * nl + li) * nh + hi) * N + token) * N + 1, (((k * nl + li) * nh + hi) * N + token + 1) * N));
+  // Row `token` of layer li, head hi over the patches (key columns 1..P); token -1 is the
+  // mean of the patch rows: what the head reads under model.pool=mean (M.readout "patch-mean").
+  const attnRow = (k, li, hi, token) => {
+    if (token >= 0) return Array.from(attn.subarray(
+      (((k * nl + li) * nh + hi) * N + token) * N + 1, (((k * nl + li) * nh + hi) * N + token + 1) * N));
+    const out = new Array(P).fill(0);
+    for (let t = 1; t <= P; t++) attnRow(k, li, hi, t).forEach((v, p) => { out[p] += v / P; });
+    return out;
+  };
+  const READ = M.readout === "patch-mean" ? -1 : 0;  // the token the head reads
+  state.token = READ;
 
   const app = document.getElementById("app");
   app.textContent = "";
@@ -179,9 +187,11 @@
   const headSel = select("head", I.head_ids.map((h, i) => [String(i), `head ${h + 1}`]), "0", (v) => { state.head = Number(v); renderHead(); });
   const clsBtn = el("button", { id: "cls-token", "data-testid": "cls-token", text: "CLS token" });
   clsBtn.onclick = () => { state.token = 0; state.pinned = false; renderHead(); };
+  const meanBtn = el("button", { id: "patch-mean", "data-testid": "patch-mean", text: "patch mean (what the head reads)" });
+  meanBtn.onclick = () => { state.token = -1; state.pinned = false; renderHead(); };
   const headCanvas = el("canvas", { class: "big", id: "head-canvas", "data-testid": "head-canvas" });
   const headInfo = el("div", { id: "head-info", "data-testid": "head-info" });
-  hv.append(el("div", { class: "controls" }, layerSel, headSel, clsBtn,
+  hv.append(el("div", { class: "controls" }, layerSel, headSel, clsBtn, ...(READ < 0 ? [meanBtn] : []),
     el("span", { class: "muted", text: "hover a patch: what it reads; click: pin it" })),
     el("div", { class: "row" }, headCanvas, headInfo));
   const patchAt = (ev) => {
@@ -196,7 +206,7 @@
     const row = attnRow(state.k, state.layer, state.head, state.token), order = argsort(row);
     draw(headCanvas, images[state.k], row, { top: order.slice(0, 5), query: state.token - 1 });
     Object.assign(shown, { head: row, top: order[0], top5: order.slice(0, 5), token: state.token });
-    const name = (t) => t === 0 ? "CLS" : `patch (${Math.floor((t - 1) / G)}, ${(t - 1) % G})`;
+    const name = (t) => t === 0 ? "CLS" : t < 0 ? "mean of the patches" : `patch (${Math.floor((t - 1) / G)}, ${(t - 1) % G})`;
     headInfo.textContent = "";
     headInfo.append(el("div", { text: `${I.labels[state.k]} · layer ${I.layers[state.layer] + 1} · head ${I.head_ids[state.head] + 1}` }),
       el("div", { text: `query: ${name(state.token)}${state.pinned ? " (pinned)" : ""}` }),
@@ -205,7 +215,8 @@
   }
 
   // 4. Model view
-  const mv = section("model-section", "Model view: the CLS token's attention, every layer and head");
+  const mv = section("model-section", READ < 0 ? "Model view: the patch tokens' mean attention (what the head reads), every layer and head"
+                                                : "Model view: the CLS token's attention, every layer and head");
   const mgrid = el("div", { class: "grid", id: "model-grid", style: `grid-template-columns: 60px repeat(${nh}, 70px)` });
   mv.append(mgrid);
   function renderModel() {
@@ -216,12 +227,12 @@
       mgrid.append(el("div", { class: "cell", text: `layer ${l + 1}` }));
       shown.model.push([]);
       I.head_ids.forEach((h, hi) => {
-        const cv = el("canvas"), row = attnRow(state.k, li, hi, 0);
+        const cv = el("canvas"), row = attnRow(state.k, li, hi, READ);
         draw(cv, images[state.k], row, { px: 64, alpha: 0.75 });
         shown.model[li].push(row);
         const cell = el("div", { class: "cell" + (li === state.layer && hi === state.head ? " active" : ""),
                                  "data-testid": "model-cell", "data-layer": li, "data-head": hi }, cv);
-        cell.onclick = () => { Object.assign(state, { layer: li, head: hi, token: 0, pinned: false }); renderHead(); renderModel(); hv.scrollIntoView(); };
+        cell.onclick = () => { Object.assign(state, { layer: li, head: hi, token: READ, pinned: false }); renderHead(); renderModel(); hv.scrollIntoView(); };
         mgrid.append(cell);
       });
     });
