@@ -1,5 +1,5 @@
 """The recipe's options: a moving average of the weights, decaying label smoothing, fixed
-2-D sin-cos positions, a conv stem. Each is off in params.yaml; on, it must do what it says."""
+2-D sin-cos positions, a conv stem, cutout. Each is off in params.yaml; on, it must do what it says."""
 import pytest
 import torch
 from torch import nn
@@ -7,6 +7,7 @@ from torch import nn
 from vitlens import step, training
 from vitlens.cifar import load_arrays
 from vitlens.config import ConfigError
+from vitlens.data import Normalizer, Split
 from vitlens.ema import EMA
 from vitlens.model import sincos_2d
 from vitlens.pipeline import train as pipeline_train
@@ -125,3 +126,29 @@ def test_a_conv_stem_trains_saves_and_loads_back(tiny_params, cifar_npz, tmp_pat
 def test_a_conv_stem_needs_a_power_of_two_patch(tiny_params):
     with pytest.raises(ConfigError, match="must be a power of 2 for model.stem=conv"):
         tiny_params(**{"model.stem": "conv", "model.patch_size": 1})
+
+
+def test_cutout_blanks_one_square_of_each_training_image_to_the_mean(tiny_params):
+    t = tiny_params(**{"train.cutout": 5, "train.crop_padding": 0, "train.flip": False}).train
+    x = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)  # no pixel at the mean yet
+    norm = Normalizer(mean=[0.0] * 3, std=[1.0] * 3)  # 0 after normalising = pixel value 0
+    make = step.batch_maker(Split(x, torch.zeros(64, dtype=torch.long)), norm, t,
+                            torch.Generator().manual_seed(0))
+    out, _ = make(torch.arange(64))
+    blank = out == 0
+    assert torch.equal(blank[:, :1].expand_as(blank), blank), "the square spans all channels"
+    rows, cols = blank[:, 0].any(2), blank[:, 0].any(1)  # (B, H), (B, W)
+    assert (rows.sum(1) == 5).all() and (cols.sum(1) == 5).all(), "one 5x5 square an image"
+    assert (blank[:, 0].sum((1, 2)) == 25).all(), "a square, not a cross"
+    kept = ~blank
+    assert torch.equal(out[kept], norm(x)[kept]), "the rest of the image is untouched"
+    assert len({tuple(r.nonzero()[0].tolist()) for r in rows}) > 1, "placed at random"
+    off = step.batch_maker(Split(x, torch.zeros(64, dtype=torch.long)), norm,
+                           tiny_params(**{"train.crop_padding": 0, "train.flip": False}).train,
+                           torch.Generator().manual_seed(0))
+    assert torch.equal(off(torch.arange(64))[0], norm(x)), "0 = off"
+
+
+def test_cutout_must_fit_the_image(tiny_params):
+    with pytest.raises(ConfigError, match="train.cutout=33 must be <= model.image_size=32"):
+        tiny_params(**{"train.cutout": 33})

@@ -85,6 +85,7 @@ class TrainConfig:
     grad_clip: float = spec(ge=0)
     crop_padding: int = spec(ge=0)
     flip: bool = spec()
+    cutout: int = spec(ge=0)  # side of a square blanked in each training image; 0 = off
     seed: int = spec(ge=0)
     device: str = spec(choices=("auto", "cpu", "cuda", "mps"))
     precision: str = spec(choices=PRECISIONS)
@@ -236,6 +237,8 @@ def _cross_checks(p: Params) -> None:
         raise ConfigError(f"model.dim={m.dim} must be divisible by 4 for model.pos_embed=sincos")
     if m.stem == "conv" and (m.patch_size < 2 or m.patch_size & (m.patch_size - 1)):
         raise ConfigError(f"model.patch_size={m.patch_size} must be a power of 2 for model.stem=conv")
+    if t.cutout > m.image_size:
+        raise ConfigError(f"train.cutout={t.cutout} must be <= model.image_size={m.image_size}")
     if t.warmup_epochs > t.epochs:
         raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} must be <= "
                           f"train.epochs={t.epochs}")

@@ -105,6 +105,18 @@ class CropFlip:
         return crops.as_strided((b, c, h, w), (c * self.span, self.span, self.row, 1))
 
 
+def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """x (B, C, H, W), normalised, with a `size` x `size` square of each image set to 0 (the
+    training set's mean colour), placed at random wholly inside it (airbench's cutout)."""
+    b, _, h, w = x.shape
+    g, dev = generator, x.device
+    top = torch.randint(0, h - size + 1, (b, 1, 1, 1), generator=g, device=dev)
+    left = torch.randint(0, w - size + 1, (b, 1, 1, 1), generator=g, device=dev)
+    rows = torch.arange(h, device=dev).view(1, 1, h, 1) - top  # (B, 1, H, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, 1, w) - left  # (B, 1, 1, W)
+    return x.masked_fill((rows >= 0) & (rows < size) & (cols >= 0) & (cols < size), 0)
+
+
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, *, rank: int = 0,
                   world: int = 1) -> Iterator[Tensor]:
     """A `generator`-shuffled epoch of n images in full batches of `batch_size` (the last

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlens.config import TrainConfig
-from vitlens.data import CropFlip, Normalizer, Split
+from vitlens.data import CropFlip, Normalizer, Split, cutout
 from vitlens.device import autocast
 from vitlens.distributed import Dist
 from vitlens.errors import VitlensError
@@ -81,11 +81,13 @@ def check_finite(loss: Tensor, epoch: int, step: int) -> float:
 
 def batch_maker(split: Split, norm: Normalizer, t: TrainConfig,
                 augment: torch.Generator) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-    """Indices -> (cropped, flipped, normalised images, labels) of `split`: the training input."""
+    """Indices -> (cropped, flipped, normalised, maybe cut out images, labels) of `split`:
+    the training input."""
     crop_flip = CropFlip(split.x, padding=t.crop_padding, flip=t.flip)
 
     def batch(idx: Tensor) -> tuple[Tensor, Tensor]:
-        return norm(crop_flip(idx, augment)), split.y[idx]
+        x = norm(crop_flip(idx, augment))
+        return (cutout(x, t.cutout, augment) if t.cutout else x), split.y[idx]
     return batch
 
 
