@@ -241,6 +241,19 @@ def test_clicking_a_model_view_cell_opens_it_in_the_head_view(page, doc):
     assert page.locator("#layer").input_value() == "0" and page.locator("#head").input_value() == "3"
 
 
+def test_the_runs_facts_show_its_accuracy_params_and_curves(page, doc):
+    box, diff = page.locator("#facts-section"), doc["facts"]["params_diff"]
+    assert box.get_by_test_id("test-accuracy").inner_text() == "test accuracy 50.0%"
+    rows = box.locator("table").first.locator("tr")
+    assert diff and rows.count() == 1 + len(diff)
+    assert [rows.nth(i + 1).locator("td").first.inner_text() for i in range(len(diff))] == [d[0] for d in diff]
+    curves = box.get_by_test_id("curve")
+    assert curves.count() == 2, "loss and accuracy"
+    # one point per finite value: the diverged (NaN) val_loss of epoch 1 is left out
+    lines = curves.nth(0).locator("polyline[stroke-width='2']").all()
+    assert [len(line.get_attribute("points").split()) for line in lines] == [3, 2]
+
+
 def test_packing_round_trips_within_a_quantisation_step():
     x = np.random.default_rng(1).random((3, 2, GRID, GRID))
     back = explorer.unpack(explorer.pack(x))

@@ -1,5 +1,5 @@
-"""One self-contained HTML file: explorer.css and explorer.js inlined, the document as JSON in
-a script tag. No network: nothing is loaded from anywhere, so it opens from disk."""
+"""One self-contained HTML file: explorer.css and the explorer's scripts inlined, the document
+as JSON in a script tag. No network: nothing is loaded from anywhere, so it opens from disk."""
 from __future__ import annotations
 
 import html
@@ -11,6 +11,10 @@ from typing import Any
 from vitlens.io import atomic_path
 
 HERE = Path(__file__).parent
+# The explorer's scripts, concatenated in this order into one: the shared context, one file
+# per view, then explorer.js, which builds the views and draws them.
+SCRIPTS = ("core.js", "gallery.js", "image.js", "head.js", "model.js", "class_means.js",
+           "training.js", "facts.js", "explorer.js")
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -40,7 +44,8 @@ def render(doc: dict[str, Any]) -> str:
     # "</" would end the script element early; "<\\/" is the same JSON string.
     data = json.dumps(finite(doc), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     return TEMPLATE.format(title=html.escape(doc["meta"]["title"]), data=data,
-                           css=(HERE / "explorer.css").read_text(), js=(HERE / "explorer.js").read_text())
+                           css=(HERE / "explorer.css").read_text(),
+                           js="\n".join((HERE / name).read_text() for name in SCRIPTS))
 
 
 def write_explorer(path: str | Path, doc: dict[str, Any]) -> None:

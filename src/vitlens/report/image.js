@@ -1,0 +1,37 @@
+// The selected image: one map large over it (with the opacity), every map small beside it,
+// and the top five classes.
+function imageView(X, parent) {
+  const { I, C, H, state, shown, images, mainMap, select } = X;
+  const sel = X.section("image-section", "Where it looks", parent);
+  const mapOpts = [["rollout", "attention rollout"], ["grad_rollout", "gradient-weighted rollout"],
+    ["last_layer", "last layer, mean of heads"], ...Array.from({ length: H }, (_, h) => [`head:${h}`, `last layer, head ${h + 1}`])];
+  const mainCanvas = el("canvas", { class: "big", id: "main-map", "data-testid": "main-map" });
+  const opacity = el("input", { type: "range", min: 0, max: 1, step: 0.05, value: state.alpha, id: "opacity", "data-testid": "opacity" });
+  opacity.oninput = () => { state.alpha = Number(opacity.value); X.renderAll(); };
+  const selInfo = el("div", { class: "probs" });
+  const mapSel = select("map-kind", mapOpts, state.map, (v) => { state.map = v; render(); });
+  // Every map of the image at once, small; a click shows it large.
+  const strip = mapOpts.map(([kind, label]) => {
+    const cv = el("canvas"), cell = el("div", { class: "cell", "data-testid": "map-choice", "data-kind": kind, title: label },
+      cv, el("div", { text: label.replace("last layer, ", "") }));
+    cell.onclick = () => { state.map = kind; mapSel.value = kind; render(); };
+    return { kind, cv, cell };
+  });
+  sel.append(el("div", { class: "controls" }, mapSel, el("label", {}, "opacity ", opacity)),
+    el("div", { class: "row" }, mainCanvas, selInfo), el("div", { class: "strip" }, ...strip.map((m) => m.cell)));
+  function render() {
+    const k = state.k, v = mainMap(k, state.map);
+    X.draw(mainCanvas, images[k], v);
+    strip.forEach((m) => {
+      X.draw(m.cv, images[k], mainMap(k, m.kind), { px: 64 });
+      m.cell.classList.toggle("active", m.kind === state.map);
+    });
+    shown.main = { k, kind: state.map, values: v };
+    selInfo.textContent = "";
+    selInfo.append(el("b", { text: I.labels[k] }), el("div", { text: I.truth[k] !== null ? `truth: ${C[I.truth[k]]}` : "" }));
+    argsort(I.probs[k]).slice(0, 5).forEach((c) => selInfo.append(el("div", {},
+      el("span", { text: `${C[c]} ${pct(I.probs[k][c])}`, style: "width:120px" }),
+      el("span", { class: "bar", style: `width:${Math.round(120 * I.probs[k][c])}px` }))));
+  }
+  return render;
+}
