@@ -100,7 +100,7 @@ def test_every_parameter_gets_a_gradient():
 def test_build_model_reads_config():
     cfg = ModelConfig(image_size=32, patch_size=8, dim=48, depth=3, heads=3, mlp_ratio=1.5,
                       dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned", stem="patch",
-                      token_drop=0.0, pool="cls")
+                      token_drop=0.0, pool="cls", lsa=False)
     model = build_model(cfg, num_classes=7)
     assert model.grid == 4 and len(model.blocks) == 3
     assert model.blocks[0].mlp[0].out_features == 72
@@ -172,12 +172,12 @@ def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, m
                                                token_drop, pool):
     from torch.utils.flop_counter import FlopCounterMode
 
-    def sdpa(q, k, v, dropout_p=0.0):  # the CPU's fused kernel is not counted: spell it out
+    def sdpa(q, k, v, **kw):  # the CPU's fused kernel is not counted: spell it out
         return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
     monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", sdpa)
     cfg = ModelConfig(image_size=32, patch_size=patch, dim=dim, depth=depth, heads=2,
                       mlp_ratio=mlp, dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned",
-                      stem=stem, token_drop=token_drop, pool=pool)
+                      stem=stem, token_drop=token_drop, pool=pool, lsa=False)
     model, x = build_model(cfg, 10), torch.randn(4, 3, 32, 32)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()

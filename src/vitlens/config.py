@@ -61,6 +61,7 @@ class ModelConfig:
     pos_embed: str = spec(choices=POS_EMBEDS)
     stem: str = spec(choices=STEMS)
     pool: str = spec(choices=POOLS)
+    lsa: bool = spec()  # locality self-attention: no self-attention, a learned scale
 
 
 # torch.compile's modes: reduce-overhead adds CUDA graphs (one launch per graph, not per
