@@ -21,7 +21,7 @@ class Attention(nn.Module):
 
     With `lsa`, locality self-attention (Lee et al. 2021, for small datasets): no token
     attends to itself, and the scale of the scores is learned (log-parametrised, from
-    head_dim^-0.5), so a layer can sharpen its attention."""
+    head_dim^-0.5), so each layer sets how sharp its attention is."""
 
     def __init__(self, *, dim: int, heads: int, attn_dropout: float, dropout: float,
                  lsa: bool = False):
