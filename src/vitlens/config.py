@@ -64,8 +64,7 @@ class ModelConfig:
     lsa: bool = spec()  # locality self-attention: no self-attention, a learned scale
 
 
-# torch.compile's modes: reduce-overhead adds CUDA graphs (one launch per graph, not per
-# kernel); the max-autotune ones search kernel configs, minutes of compiling.
+# torch.compile's modes: reduce-overhead adds CUDA graphs; max-autotune* search kernels (minutes)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # train.precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 (device.train_bf16).
