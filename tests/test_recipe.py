@@ -1,15 +1,18 @@
-"""The recipe's options: a moving average of the weights, decaying label smoothing, fixed
-2-D sin-cos positions, a conv stem, cutout. Each is off in params.yaml; on, it must do what it says."""
+"""The recipe's options: a moving average of the weights, decaying label smoothing and token
+drop, fixed 2-D sin-cos positions, a conv stem, cutout. Each is off in params.yaml; on, it must do what it says."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
+from vitlens import model as vit_model
 from vitlens import step, training
 from vitlens.cifar import load_arrays
 from vitlens.config import ConfigError
 from vitlens.data import Normalizer, Split
 from vitlens.ema import EMA
-from vitlens.model import sincos_2d
+from vitlens.model import sincos_2d, train_flops_per_image
 from vitlens.pipeline import train as pipeline_train
 from vitlens.trained import load_trained
 
@@ -88,6 +91,41 @@ def test_the_training_loop_passes_each_steps_smoothing(tiny_params, cifar_npz, t
     fit(p, cifar_npz, tmp_path)
     assert seen[0] == pytest.approx(0.2) and seen[-1] == pytest.approx(0.0)
     assert all(a > b for a, b in zip(seen, seen[1:]))
+
+
+def test_token_drop_decays_linearly_to_zero_by_epoch_when_asked(tiny_params):
+    on = tiny_params(**{"train.epochs": 5, "train.token_drop_decay": True}).train
+    off = tiny_params(**{"train.epochs": 5}).train
+    values = [step.token_drop_at(e, token_drop=0.5, t=on) for e in range(1, 6)]
+    assert values == pytest.approx([0.5, 0.375, 0.25, 0.125, 0.0])
+    assert {step.token_drop_at(e, token_drop=0.5, t=off) for e in range(1, 6)} == {0.5}
+    # A run's FLOPs count each epoch at the tokens it keeps: 0.5, 0.25, 0 of them dropped.
+    p = tiny_params(**{"train.epochs": 3, "model.token_drop": 0.5, "train.token_drop_decay": True})
+    per_image = [train_flops_per_image(dataclasses.replace(p.model, token_drop=d)) for d in (0.5, 0.25, 0.0)]
+    assert training.training_flops(p, 1000) == pytest.approx(sum(per_image) * training.epoch_images(p, 1000))
+
+
+def test_the_training_loop_keeps_each_epochs_share_of_tokens(tiny_params, cifar_npz, tmp_path, monkeypatch):
+    """Epoch by epoch, training steps keep 32, then 48 of the 64 patch tokens, then all (no
+    drop at all); validation reads every token throughout."""
+    kept = []
+    real = vit_model.keep_tokens
+
+    def spy(x, keep):
+        kept.append((len(training_epochs), keep))
+        return real(x, keep)
+    training_epochs: list[int] = []
+    real_seed = training.seed_epoch
+
+    def seed_spy(seed, epoch, *args):
+        training_epochs.append(epoch)
+        return real_seed(seed, epoch, *args)
+    monkeypatch.setattr(vit_model, "keep_tokens", spy)
+    monkeypatch.setattr(training, "seed_epoch", seed_spy)
+    p = tiny_params(**{"train.epochs": 3, "model.token_drop": 0.5, "train.token_drop_decay": True})
+    fit(p, cifar_npz, tmp_path)
+    steps = len(kept) // 2
+    assert steps >= 1 and kept == [(1, 32)] * steps + [(2, 48)] * steps
 
 
 def test_sincos_positions_are_fixed_distinct_and_saved(tiny_params, cifar_npz, tmp_path):

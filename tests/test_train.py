@@ -319,6 +319,7 @@ def test_checkpoint_digest_covers_only_what_changes_the_weights(tiny_params, tmp
              {"model.dim": 48}, {"train.lr": 0.001}, {"train.epochs": 4}, {"train.seed": 1},
              {"train.batch_size": 16}, {"train.flip": False}, {"train.nproc": 2},
              {"train.ema": 0.9}, {"train.label_smoothing_decay": True}, {"model.pos_embed": "sincos"},
+             {"train.token_drop_decay": True},
              {"model.stem": "conv"},
              {"train.precision": "bf16"}]
     for change in other:
@@ -374,7 +375,8 @@ def test_snapshots_are_logged_as_a_stepped_image(tiny_params, cifar_npz, tmp_pat
 def test_the_gpu_sized_default_on_a_cpu_says_so_before_training(params_dict, capsys):
     from vitlens import preset
     from vitlens.config import parse_params
-    from vitlens.pipeline.train import training_flops, warn_if_gpu_sized
+    from vitlens.pipeline.train import warn_if_gpu_sized
+    from vitlens.training import training_flops
 
     default = parse_params(params_dict)
     warn_if_gpu_sized(default, torch.device("cpu"), 50_000)

@@ -67,8 +67,7 @@ class ModelConfig:
 # torch.compile's modes: reduce-overhead adds CUDA graphs; max-autotune* search kernels (minutes)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-# train.precision: auto = bf16 autocast on CUDA and on CPUs with native bf16 (device.train_bf16).
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA and native-bf16 CPUs (device.train_bf16)
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,7 @@ class TrainConfig:
     warmup_epochs: float = spec(ge=0)
     label_smoothing: float = spec(ge=0, lt=1)
     label_smoothing_decay: bool = spec()  # linearly from label_smoothing to 0 over the run
+    token_drop_decay: bool = spec()  # model.token_drop in the first epoch, linearly to 0 in the last
     ema: float = spec(ge=0, lt=1)  # per-step decay of the weights' moving average; 0 = off
     grad_clip: float = spec(ge=0)
     crop_padding: int = spec(ge=0)

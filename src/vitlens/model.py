@@ -170,8 +170,7 @@ class ViT(nn.Module):
         assert image_size % patch_size == 0, "image size must be divisible by patch size"
         self.grid = image_size // patch_size
         self.patch_size = patch_size
-        assert 0 <= token_drop < 1, f"token_drop must be in [0, 1), got {token_drop}"
-        self.keep = kept_patches(self.grid**2, token_drop)
+        self.drop_tokens(token_drop)
         assert stem in ("patch", "conv"), f"unknown stem {stem!r}"
         self.patch_embed = (conv_stem(channels, dim, patch_size) if stem == "conv" else
                             nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size))
@@ -190,6 +189,11 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         self._init_weights()
+
+    def drop_tokens(self, token_drop: float) -> None:
+        """Keep 1 - `token_drop` of the patch tokens in training steps from now on."""
+        assert 0 <= token_drop < 1, f"token_drop must be in [0, 1), got {token_drop}"
+        self.keep = kept_patches(self.grid**2, token_drop)
 
     @property
     def readout(self) -> str:

@@ -35,6 +35,14 @@ def smoothing_at(step: int, *, total: int, t: TrainConfig) -> float:
     return t.label_smoothing * max(0.0, 1.0 - step / max(total - 1, 1))
 
 
+def token_drop_at(epoch: int, *, token_drop: float, t: TrainConfig) -> float:
+    """model.token_drop in 1-based `epoch`; with train.token_drop_decay, linearly down to 0
+    in the last epoch: fast short sequences early, the evaluated full one at the end."""
+    if not t.token_drop_decay:
+        return token_drop
+    return token_drop * (t.epochs - epoch) / max(t.epochs - 1, 1)
+
+
 def seed_epoch(seed: int, epoch: int, rank: int, gens: dict[str, torch.Generator]) -> None:
     """Seed everything random in an epoch from (seed, epoch, rank) alone, so a resumed run
     repeats an uninterrupted one exactly on every rank without saving RNG states. The data

@@ -2,6 +2,7 @@
 and an estimate, per-epoch validation, a checkpoint and the epoch's metrics after each."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from vitlens.distributed import Dist
 from vitlens.ema import EMA
 from vitlens.errors import VitlensError
 from vitlens.evaluation import evaluate_logits, split_logits
-from vitlens.model import ViT, build_model
+from vitlens.model import ViT, build_model, train_flops_per_image
 from vitlens.step import (
     EpochStats,
     batch_maker,
@@ -40,6 +41,7 @@ from vitlens.step import (
     optimizer_step,
     seed_epoch,
     smoothing_at,
+    token_drop_at,
 )
 from vitlens.tracking import epoch_metrics
 
@@ -111,6 +113,13 @@ def epoch_images(p: Params, train_images: int = TRAIN_IMAGES) -> int:
     n = train_images - p.data.val_size
     n = min(n, p.data.train_subset) if p.data.train_subset else n
     return n // p.train.batch_size * p.train.batch_size
+
+
+def training_flops(p: Params, train_images: int = TRAIN_IMAGES) -> float:
+    """A run's training FLOPs: each epoch's images at the tokens that epoch keeps."""
+    return sum(train_flops_per_image(dataclasses.replace(
+        p.model, token_drop=token_drop_at(e, token_drop=p.model.token_drop, t=p.train)))
+        for e in range(1, p.train.epochs + 1)) * epoch_images(p, train_images)
 
 
 def device_splits(params: Params, data: Cifar10,
@@ -228,6 +237,7 @@ def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None
     for epoch in range(start_epoch + 1, t.epochs + 1):
         t0 = time.perf_counter()
         seed_epoch(t.seed, epoch, dist.rank, s.gens)
+        s.model.drop_tokens(token_drop_at(epoch, token_drop=params.model.token_drop, t=t))
         bar = tqdm(batch_indices(len(s.train_split), t.batch_size, s.gens["order"],
                                  rank=dist.rank, world=dist.world),
                    total=s.steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", leave=False,

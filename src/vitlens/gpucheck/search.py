@@ -22,9 +22,8 @@ import yaml
 
 from vitlens.config import ConfigError, parse_params, set_key
 from vitlens.gpucheck.runner import Check
-from vitlens.model import train_flops_per_image
 from vitlens.perf.bench_report import markdown_table
-from vitlens.training import epoch_images
+from vitlens.training import training_flops
 
 BASELINE = "default"  # the checked params themselves, trained before the candidates
 
@@ -40,10 +39,7 @@ class Candidate:
 
 def relative_cost(raw: dict[str, Any], base: dict[str, Any]) -> float:
     """Training FLOPs of `raw` over those of `base`: per image, times images, times epochs."""
-    def flops(r: dict[str, Any]) -> float:
-        p = parse_params(r)
-        return train_flops_per_image(p.model) * epoch_images(p) * p.train.epochs
-    return flops(raw) / flops(base)
+    return training_flops(parse_params(raw)) / training_flops(parse_params(base))
 
 
 def load_candidates(path: str | Path, base: dict[str, Any]) -> list[Candidate]:

@@ -18,10 +18,10 @@ from vitlens.device import pick_device, train_bf16
 from vitlens.distributed import Dist
 from vitlens.explain.snapshots import AttentionSnapshots
 from vitlens.io import save_torch, write_csv
-from vitlens.model import model_record, train_flops_per_image
+from vitlens.model import model_record
 from vitlens.serving import to_pixels
 from vitlens.trained import load_trained
-from vitlens.training import epoch_images, train
+from vitlens.training import train, training_flops
 
 
 def start_run(params: Params, previous_run_id: str, device: torch.device,
@@ -42,11 +42,6 @@ def start_run(params: Params, previous_run_id: str, device: torch.device,
 
 
 CPU_WARN_RATIO = 3.0  # warn on a CPU when a run costs this many times the CPU preset's FLOPs
-
-
-def training_flops(params: Params, train_images: int) -> float:
-    return (train_flops_per_image(params.model) * epoch_images(params, train_images)
-            * params.train.epochs)
 
 
 def warn_if_gpu_sized(params: Params, device: torch.device, train_images: int) -> None:
