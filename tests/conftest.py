@@ -258,7 +258,7 @@ def train_archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
 
 @pytest.fixture(scope="session")
 def cifar_npz(train_archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vitlens.cifar import prepare
+    from vitlens.data.cifar import prepare
 
     out = tmp_path_factory.mktemp("data") / "cifar10.npz"
     prepare(str(train_archive.path), train_archive.md5, out, retries=0, timeout_s=5)
@@ -281,7 +281,7 @@ def tiny_params(params_dict: dict, train_archive: Archive):
 
 @pytest.fixture(autouse=True)
 def _mlflow_global_uri_follows_env() -> Iterator[None]:
-    """`tracking.client()` points mlflow's process-wide URI at the store it opens, and it
+    """`runs.client()` points mlflow's process-wide URI at the store it opens, and it
     stays there when the environment changes back: a server a test started and stopped
     would leave later tests in this worker on a dead port (a module's fixture may undo
     its environment after its last test). Each test starts and ends on the environment's."""
@@ -314,14 +314,14 @@ def copy_store(migrated_db: Path, folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Path:
     """One SQLite MLflow store for the session, with the test experiment's artifacts inside it."""
-    from vitlens import tracking
+    from vitlens.tracking import runs
 
     root = tmp_path_factory.mktemp("mlflow")
     copy_store(migrated_db, root)
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     mp.setenv("DVC_ROOT", str(root))
-    tracking.experiment_id(tracking.client(), "tests")
+    runs.experiment_id(runs.client(), "tests")
     mp.delenv("DVC_ROOT")
     yield root
     mp.undo()

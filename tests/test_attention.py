@@ -17,7 +17,7 @@ from vitlens.explain.attention import (
     upsample_map,
 )
 from vitlens.explain.maps import compute_maps, mean_attention_distance_over
-from vitlens.model import ViT
+from vitlens.model.vit import ViT
 
 
 def random_attns(layers: int, batch: int, heads: int, n: int, seed: int = 0) -> list[torch.Tensor]:

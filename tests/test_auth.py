@@ -66,36 +66,36 @@ def test_a_request_without_credentials_gets_401(server):
 
 
 def test_missing_or_wrong_credentials_are_one_line_before_training(as_user):
-    from vitlens import tracking
     from vitlens.errors import VitlensError
+    from vitlens.tracking import runs
 
     for user, password, says in ((None, None, "it needs credentials"),
                                  ("admin", "wrong-password", "the credentials were refused")):
         as_user(user, password)
         with pytest.raises(VitlensError) as e:
-            tracking.create_run("auth-tests", None, {})
+            runs.create_run("auth-tests", None, {})
         msg = str(e.value)
         assert says in msg and "\n" not in msg and "MLFLOW_TRACKING_PASSWORD" in msg
         assert "wrong-password" not in msg and ADMIN_PASSWORD not in msg
 
 
 def test_the_right_credentials_log_a_run_and_others_cannot_read_it(as_user, server):
-    from vitlens import tracking
     from vitlens.errors import VitlensError
+    from vitlens.tracking import runs
 
     as_user("admin", ADMIN_PASSWORD)
-    run = tracking.create_run("auth-tests", "with-credentials", {"k": "v"})
+    run = runs.create_run("auth-tests", "with-credentials", {"k": "v"})
     run.log_params({"train.lr": 0.001})
     run.log_metrics({"val/accuracy": 0.5}, step=1)
     run.finish("FINISHED")
-    assert tracking.run_params(run.id)[0] == {"train": {"lr": 0.001}}
+    assert runs.run_params(run.id)[0] == {"train": {"lr": 0.001}}
 
     from mlflow.server.auth.client import AuthServiceClient
 
     admin = AuthServiceClient(server)  # as admin: the credentials are in the environment
     admin.create_user("bob", "bob-Pass-12345")
-    exp = tracking.client().get_experiment_by_name("auth-tests").experiment_id
+    exp = runs.client().get_experiment_by_name("auth-tests").experiment_id
     admin.grant_user_permission("bob", "experiment", exp, "DENY")
     as_user("bob", "bob-Pass-12345")
     with pytest.raises(VitlensError, match="user 'bob' is not allowed"):
-        tracking.open_run(run.id)
+        runs.open_run(run.id)

@@ -13,10 +13,10 @@ import torch
 
 from vitlens import device
 from vitlens.config import ModelConfig, load_params
-from vitlens.data import channel_stats
-from vitlens.model import build_model, train_flops_per_image
+from vitlens.data.normalize import channel_stats
+from vitlens.model.vit import build_model, train_flops_per_image
 from vitlens.perf import bench, bench_data
-from vitlens.step import make_optimizer, optimizer_step
+from vitlens.train.step import make_optimizer, optimizer_step
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 MAX_CPU_FLOPS = 10e12  # FLOP/s: far above any CPU's fp32 peak; a faster "step" did no work
@@ -186,8 +186,9 @@ def test_pipelines_produce_the_same_augmentations(pil):
     import torch
 
     from vitlens.config import load_params
-    from vitlens.data import Normalizer, Split
-    from vitlens.step import batch_maker
+    from vitlens.data.normalize import Normalizer
+    from vitlens.data.split import Split
+    from vitlens.train.step import batch_maker
 
     t = load_params(PARAMS).train
     assert t.crop_padding > 0 and t.flip  # the default recipe augments

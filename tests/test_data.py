@@ -3,13 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from vitlens.cifar import Cifar10
-from vitlens.data import CropFlip, Normalizer, batch_indices, split_train_val
+from vitlens.data.augment import CropFlip
+from vitlens.data.imageset import ImageSet
+from vitlens.data.normalize import Normalizer
+from vitlens.data.split import batch_indices, split_train_val
 
 
-def fake_cifar(n: int) -> Cifar10:
+def fake_cifar(n: int) -> ImageSet:
     x = np.arange(n, dtype=np.uint8).repeat(3 * 32 * 32).reshape(n, 3, 32, 32)
-    return Cifar10(x, np.arange(n) % 10, x[:10], np.arange(10), [str(i) for i in range(10)])
+    return ImageSet(x, np.arange(n) % 10, x[:10], np.arange(10), [str(i) for i in range(10)])
 
 
 def test_split_train_val_is_disjoint_and_seeded():

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from conftest import shrink, write_params
 from vitlens.config import parse_params
 from vitlens.pipeline.train import run_training
-from vitlens.tracking import tracking_uri
+from vitlens.tracking.runs import tracking_uri
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4

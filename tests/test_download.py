@@ -35,14 +35,9 @@ from conftest import (
     write_cifar_archive,
     write_params,
 )
-from vitlens.cifar import (
-    DataError,
-    _BatchUnpickler,
-    load_arrays,
-    local_path,
-    read_archive,
-    verify_md5,
-)
+from vitlens.data.cifar import _BatchUnpickler, read_archive
+from vitlens.data.fetch import local_path, verify_md5
+from vitlens.data.imageset import DataError, load_arrays
 from vitlens.io import atomic_path
 from vitlens.stages import download
 
@@ -378,7 +373,7 @@ def test_a_local_write_error_is_not_retried_as_a_network_error(cifar_archive, ht
                                                                tmp_path: Path) -> None:
     """A full disk or an unwritable destination fails at once, named as such, not after
     retries as "offline"."""
-    from vitlens.cifar import download
+    from vitlens.data.fetch import download
 
     with pytest.raises(DataError, match=f"cannot write the download to {tmp_path}"):
         download(_url(http_server, "/cifar.tar.gz"), tmp_path, retries=3, timeout_s=5,

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from vitlens.data import Normalizer
+from vitlens.data.normalize import Normalizer
 from vitlens.explain.maps import compute_maps
-from vitlens.model import ViT
+from vitlens.model.trained import Trained
+from vitlens.model.vit import ViT
 from vitlens.report import data as explorer
 from vitlens.report.page import render, write_explorer
-from vitlens.trained import Trained
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 GRID, HEADS, LAYERS, N_IMAGES = 4, 4, 2, 12
@@ -380,8 +380,8 @@ def test_the_gallery_is_class_balanced_and_keeps_mistakes():
 def test_the_report_stage_writes_the_explorer_and_logs_it(project, cifar_npz, tmp_path, mlflow_store):
     from mlflow.tracking import MlflowClient
 
+    from vitlens.model.trained import load_trained
     from vitlens.pipeline.report import run_report
-    from vitlens.trained import load_trained
 
     out = tmp_path / "explorer" / "index.html"
     metrics = tmp_path / "metrics.json"

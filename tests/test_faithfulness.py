@@ -31,7 +31,7 @@ from vitlens.explain.faithfulness import (
     summarize_curves,
 )
 from vitlens.explain.maps import compute_maps, explanation_maps, random_maps
-from vitlens.model import ViT
+from vitlens.model.vit import ViT
 from vitlens.pipeline.faithfulness import run_faithfulness
 from vitlens.plots import figures as plots
 

@@ -18,11 +18,11 @@ import torch
 
 from conftest import copy_store, run_cli, shrink, write_params
 from vitlens import io as vio
-from vitlens.checkpoint import save_checkpoint
 from vitlens.errors import VitlensError
 from vitlens.pipeline.train import run_training
 from vitlens.plots.common import save_figure
 from vitlens.report.page import write_explorer
+from vitlens.train.checkpoint import save_checkpoint
 
 DEV_FULL = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/full (Linux)")
@@ -220,7 +220,7 @@ class _KilledMidWrite:
 def test_sigterm_in_a_store_write_lets_the_write_finish_then_interrupts(monkeypatch, capsys):
     """Raised inside the write, the interrupt would leave SQLite's write lock with a connection
     nothing rolls back, and the KILLED mark after it would wait on that lock for minutes."""
-    from vitlens.tracking import Run
+    from vitlens.tracking.runs import Run
     client, after = _KilledMidWrite(), []
 
     def main() -> None:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from vitlens.model import ViT, param_groups
+from vitlens.model.vit import ViT, param_groups
 
 
 def tiny(**kw) -> ViT:

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from vitlens import model as model_module
 from vitlens.config import ModelConfig
-from vitlens.model import DropPath, ViT, build_model, param_groups, train_flops_per_image
+from vitlens.model import layers
+from vitlens.model.layers import DropPath
+from vitlens.model.vit import ViT, build_model, param_groups, train_flops_per_image
 
 
 def tiny(**kw) -> ViT:
@@ -42,7 +43,7 @@ def test_bf16_on_a_cpu_takes_the_explicit_attention_and_keeps_the_logits(monkeyp
 
     def no_sdpa(*args, **kwargs):
         raise AssertionError("SDPA called in bf16 on a CPU")
-    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", no_sdpa)
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", no_sdpa)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = model(x)
     assert bf16.dtype == torch.bfloat16
@@ -174,7 +175,7 @@ def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, m
 
     def sdpa(q, k, v, **kw):  # the CPU's fused kernel is not counted: spell it out
         return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
-    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", sdpa)
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", sdpa)
     cfg = ModelConfig(image_size=32, patch_size=patch, dim=dim, depth=depth, heads=2,
                       mlp_ratio=mlp, dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned",
                       stem=stem, token_drop=token_drop, pool=pool, lsa=False)

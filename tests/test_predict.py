@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 from conftest import CLASSES, registered_uri, run_cli
-from vitlens import tracking
-from vitlens.cifar import load_arrays
 from vitlens.cli.models import FileModel, MlflowModel
 from vitlens.cli.predict import main, run_predict
-from vitlens.images import load_image
+from vitlens.data.images import load_image
+from vitlens.data.imageset import load_arrays
+from vitlens.model.pixels import to_pixels
+from vitlens.model.trained import load_trained
 from vitlens.pipeline.train import run_training
-from vitlens.serving import to_pixels
-from vitlens.trained import load_trained
+from vitlens.tracking import runs
 
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -180,14 +180,14 @@ def staged(tmp_path_factory, tiny_params_module, cifar_npz, mlflow_store):
     from mlflow.tracking import MlflowClient
     root = tmp_path_factory.mktemp("staged")
     seen = {}
-    real = tracking.Run.log_model
+    real = runs.Run.log_model
 
     def watched(self, *args, **kwargs):
         uri = real(self, *args, **kwargs)
         seen.update(uri=uri, status=MlflowClient().get_run(self.id).info.status)
         return uri
     mp = pytest.MonkeyPatch()
-    mp.setattr(tracking.Run, "log_model", watched)
+    mp.setattr(runs.Run, "log_model", watched)
     try:
         run_training(tiny_params_module, cifar_npz, root / "model.pt", root / "history.csv",
                      root / "ckpt.pt")

@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from conftest import PROJECT_ROOT
-from vitlens import preset
 from vitlens.config import parse_params, set_key
-from vitlens.model import train_flops_per_image
+from vitlens.model.vit import train_flops_per_image
 from vitlens.perf import preset_fit
+from vitlens.train import preset
 
 BF16_HEADS = preset.BF16_RECIPE["model.heads"]
 

@@ -3,9 +3,9 @@ profile of the training step on the CPU whose per-step op counts match the model
 import pytest
 import torch
 
-from vitlens.cifar import load_arrays
+from vitlens.data.imageset import load_arrays
 from vitlens.perf.profiling import profile_modes, profile_training, summarize_profile, verdict
-from vitlens.training import device_splits
+from vitlens.train.loop import device_splits
 
 GPU_ROWS = [("aten::mm", 40, 900.0, False),  # CPU ops: not ranked when kernels exist
             ("sm90_gemm", 40, 4000.0, True), ("layer_norm_kernel", 60, 1000.0, True),

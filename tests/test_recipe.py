@@ -6,19 +6,21 @@ import pytest
 import torch
 from torch import nn
 
-from vitlens import model as vit_model
-from vitlens import step, training
-from vitlens.cifar import load_arrays
 from vitlens.config import ConfigError
-from vitlens.data import Normalizer, Split
-from vitlens.ema import EMA
-from vitlens.model import sincos_2d, train_flops_per_image
+from vitlens.data.imageset import load_arrays
+from vitlens.data.normalize import Normalizer
+from vitlens.data.split import Split
+from vitlens.model import vit as vit_model
+from vitlens.model.layers import sincos_2d
+from vitlens.model.trained import load_trained
+from vitlens.model.vit import train_flops_per_image
 from vitlens.pipeline import train as pipeline_train
-from vitlens.trained import load_trained
+from vitlens.train import loop, step
+from vitlens.train.ema import EMA
 
 
 def fit(params, cifar_npz, tmp_path):
-    return training.train(params, load_arrays(cifar_npz), checkpoint=tmp_path / "ckpt.pt")
+    return loop.train(params, load_arrays(cifar_npz), checkpoint=tmp_path / "ckpt.pt")
 
 
 def test_ema_averages_with_its_warm_started_decay():
@@ -46,16 +48,16 @@ def test_an_ema_run_trains_the_same_weights_and_validates_saves_their_average(
     assert ckpt["ema_updates"] == 2 * ((len(load_arrays(cifar_npz).y_train) - 40) // 32)  # 2 epochs of steps
     differ = [k for k, w in averaged.model.state_dict().items() if not torch.equal(w, ckpt["model"][k])]
     assert differ and all(torch.equal(averaged.model.state_dict()[k], v) for k, v in ckpt["ema"].items())
-    s = training.setup(p, load_arrays(cifar_npz))
+    s = loop.setup(p, load_arrays(cifar_npz))
     s.final.load_state_dict(ckpt["ema"])  # what validation reads when train.ema is on
-    assert training.validate(s, load_arrays(cifar_npz).classes)[1] == averaged.history[-1]["val_acc"]
+    assert loop.validate(s, load_arrays(cifar_npz).classes)[1] == averaged.history[-1]["val_acc"]
 
 
 def test_the_stage_saves_the_average(tiny_params, cifar_npz, tmp_path, monkeypatch):
     results = []
 
     def keep(*args, **kw):
-        results.append(training.train(*args, **kw))
+        results.append(loop.train(*args, **kw))
         return results[-1]
     monkeypatch.setattr(pipeline_train, "train", keep)
     saved = []
@@ -80,12 +82,12 @@ def test_label_smoothing_decays_linearly_to_zero_when_asked(tiny_params):
 
 def test_the_training_loop_passes_each_steps_smoothing(tiny_params, cifar_npz, tmp_path, monkeypatch):
     seen = []
-    real = training.optimizer_step
+    real = loop.optimizer_step
 
     def spy(*args, label_smoothing, **kw):
         seen.append(label_smoothing)
         return real(*args, label_smoothing=label_smoothing, **kw)
-    monkeypatch.setattr(training, "optimizer_step", spy)
+    monkeypatch.setattr(loop, "optimizer_step", spy)
     p = tiny_params(**{"train.epochs": 2, "train.label_smoothing": 0.2,
                        "train.label_smoothing_decay": True})
     fit(p, cifar_npz, tmp_path)
@@ -102,7 +104,7 @@ def test_token_drop_decays_linearly_to_zero_by_epoch_when_asked(tiny_params):
     # A run's FLOPs count each epoch at the tokens it keeps: 0.5, 0.25, 0 of them dropped.
     p = tiny_params(**{"train.epochs": 3, "model.token_drop": 0.5, "train.token_drop_decay": True})
     per_image = [train_flops_per_image(dataclasses.replace(p.model, token_drop=d)) for d in (0.5, 0.25, 0.0)]
-    assert training.training_flops(p, 1000) == pytest.approx(sum(per_image) * training.epoch_images(p, 1000))
+    assert loop.training_flops(p, 1000) == pytest.approx(sum(per_image) * loop.epoch_images(p, 1000))
 
 
 def test_the_training_loop_keeps_each_epochs_share_of_tokens(tiny_params, cifar_npz, tmp_path, monkeypatch):
@@ -115,13 +117,13 @@ def test_the_training_loop_keeps_each_epochs_share_of_tokens(tiny_params, cifar_
         kept.append((len(training_epochs), keep))
         return real(x, keep)
     training_epochs: list[int] = []
-    real_seed = training.seed_epoch
+    real_seed = loop.seed_epoch
 
     def seed_spy(seed, epoch, *args):
         training_epochs.append(epoch)
         return real_seed(seed, epoch, *args)
     monkeypatch.setattr(vit_model, "keep_tokens", spy)
-    monkeypatch.setattr(training, "seed_epoch", seed_spy)
+    monkeypatch.setattr(loop, "seed_epoch", seed_spy)
     p = tiny_params(**{"train.epochs": 3, "model.token_drop": 0.5, "train.token_drop_decay": True})
     fit(p, cifar_npz, tmp_path)
     steps = len(kept) // 2

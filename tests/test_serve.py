@@ -23,16 +23,16 @@ import pytest
 import torch
 
 from conftest import CLASSES, copy_store, free_port, registered_uri, shrink, write_params
-from vitlens import tracking
-from vitlens.cifar import load_arrays
 from vitlens.cli.models import FileModel
 from vitlens.cli.predict import run_predict
 from vitlens.config import parse_params
+from vitlens.data.imageset import load_arrays
 from vitlens.errors import VitlensError
+from vitlens.model.pixels import to_pixels
 from vitlens.pipeline.evaluate import run_evaluation
 from vitlens.pipeline.train import run_training
 from vitlens.pipeline.visualize import run_visualize
-from vitlens.serving import to_pixels
+from vitlens.tracking import runs
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -261,7 +261,7 @@ def test_pipeline_logs_everything_to_a_team_server(team_server, workdir, cifar_n
 
 
 def test_training_outlives_a_lost_server(team_server, workdir, cifar_npz, monkeypatch, capsys):
-    real = tracking.Run.log_metrics
+    real = runs.Run.log_metrics
     killed = {}
 
     def then_lose_the_server(self, metrics, step=None):
@@ -269,7 +269,7 @@ def test_training_outlives_a_lost_server(team_server, workdir, cifar_npz, monkey
         if step == 1:
             team_server.kill()
             killed["at"] = time.monotonic()
-    monkeypatch.setattr(tracking.Run, "log_metrics", then_lose_the_server)
+    monkeypatch.setattr(runs.Run, "log_metrics", then_lose_the_server)
     model_path = workdir / "models/model.pt"
     run_training(params_of(workdir), cifar_npz, model_path, workdir / "reports/train/history.csv",
                  workdir / "models/checkpoint.pt")

@@ -59,10 +59,10 @@ def test_evaluate_writes_metrics_plots_and_logs_to_the_run(project, cifar_npz):
 def test_flip_tta_is_reported_beside_the_plain_numbers(project, cifar_npz, tmp_path):
     """evaluate.flip_tta adds the metrics of logits averaged with the mirrored image; the
     plain ones stay exactly what they are without it."""
-    from vitlens.cifar import load_arrays
-    from vitlens.data import to_device
-    from vitlens.evaluation import split_logits
-    from vitlens.trained import load_trained
+    from vitlens.data.imageset import load_arrays
+    from vitlens.data.split import to_device
+    from vitlens.model.trained import load_trained
+    from vitlens.train.evaluation import split_logits
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["evaluate"]["flip_tta"] = True
     params = tmp_path / "params.yaml"
@@ -139,10 +139,10 @@ def test_the_figures_show_the_maps_of_the_images_shown(project, cifar_npz, tmp_p
                                                        capsys):
     """visualize.indices are the images drawn, exactly and in order; each overlay is that
     image's own rollout, its gradient rollout beside it, the heads its last layer's."""
-    from vitlens.cifar import load_arrays
+    from vitlens.data.imageset import load_arrays
     from vitlens.explain.attention import upsample_map
     from vitlens.explain.maps import compute_maps
-    from vitlens.trained import load_trained
+    from vitlens.model.trained import load_trained
 
     indices = [7, 3, 12, 0]
     run_visualize(str(visualize_params(project, tmp_path, indices=indices)),

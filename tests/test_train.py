@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch._dynamo.utils
 
-from vitlens import checkpoint, step, training
-from vitlens.cifar import load_arrays
+from vitlens.data.imageset import load_arrays
 from vitlens.errors import VitlensError
+from vitlens.model.trained import load_trained
 from vitlens.pipeline.train import run_training
-from vitlens.trained import load_trained
+from vitlens.train import checkpoint, loop, step
 
 TIMING = ("epoch_seconds", "images_per_second")
 
@@ -21,7 +21,7 @@ def metrics_only(history):
 
 
 def fit(params, cifar_npz, tmp_path, state=None):
-    return training.train(params, load_arrays(cifar_npz), checkpoint=tmp_path / "ckpt.pt",
+    return loop.train(params, load_arrays(cifar_npz), checkpoint=tmp_path / "ckpt.pt",
                           state=state)
 
 
@@ -45,7 +45,7 @@ def test_compile_takes_the_configured_mode(tiny_params, cifar_npz, tmp_path, mon
     def fake_compile(fn, *, mode):  # the real one would spend a minute compiling on a CPU
         modes.append(mode)
         return fn
-    monkeypatch.setattr(training.torch, "compile", fake_compile)
+    monkeypatch.setattr(loop.torch, "compile", fake_compile)
     fit(tiny_params(**{"train.epochs": 1}), cifar_npz, tmp_path / "eager")
     fit(tiny_params(**{"train.epochs": 1, "train.compile": True,
                        "train.compile_mode": "reduce-overhead"}), cifar_npz, tmp_path / "graphs")
@@ -106,7 +106,7 @@ def crash_after(monkeypatch, epochs: int):
         calls.append(state["epoch"])
         if len(calls) == epochs:
             raise Crash()
-    monkeypatch.setattr(training, "save_checkpoint", save_then_maybe_die)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_maybe_die)
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
@@ -164,13 +164,13 @@ def test_history_csv_has_every_epoch(tiny_params, cifar_npz, tmp_path):
 
 
 def nan_head(monkeypatch):
-    real = training.build_model
+    real = loop.build_model
 
     def build(cfg, n):
         model = real(cfg, n)
         torch.nn.init.constant_(model.head.bias, math.nan)
         return model
-    monkeypatch.setattr(training, "build_model", build)
+    monkeypatch.setattr(loop, "build_model", build)
 
 
 def test_nan_loss_stops_and_marks_run_failed(tiny_params, cifar_npz, tmp_path, monkeypatch,
@@ -209,13 +209,13 @@ def test_the_run_trains_in_the_precision_asked_and_says_so(tiny_params, cifar_np
                                                           precision, line):
     from mlflow.tracking import MlflowClient
     dtypes = []
-    real_step = training.optimizer_step
+    real_step = loop.optimizer_step
 
     def spy(*args, **kwargs):
         loss, logits = real_step(*args, **kwargs)
         dtypes.append(logits.dtype)
         return loss, logits
-    monkeypatch.setattr(training, "optimizer_step", spy)
+    monkeypatch.setattr(loop, "optimizer_step", spy)
     rec = stage(tiny_params(**{"train.precision": precision, "train.epochs": 1}), cifar_npz, tmp_path)
     assert line in capsys.readouterr().out
     assert set(dtypes) == {torch.bfloat16 if precision == "bf16" else torch.float32}
@@ -224,11 +224,11 @@ def test_the_run_trains_in_the_precision_asked_and_says_so(tiny_params, cifar_np
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_validation_runs_in_the_precision_that_trains(tiny_params, cifar_npz, tmp_path, precision):
-    from vitlens.evaluation import evaluate_logits, split_logits
+    from vitlens.train.evaluation import evaluate_logits, split_logits
     params = tiny_params(**{"train.precision": precision, "train.epochs": 1})
     data = load_arrays(cifar_npz)
-    r = training.train(params, data, checkpoint=tmp_path / "ckpt.pt")
-    _, val, _ = training.device_splits(params, data, r.device)
+    r = loop.train(params, data, checkpoint=tmp_path / "ckpt.pt")
+    _, val, _ = loop.device_splits(params, data, r.device)
 
     def loss(bf16):
         return evaluate_logits(split_logits(r.model, val, r.norm, 16, r.device, bf16=bf16),
@@ -263,15 +263,15 @@ def test_first_steps_print_an_estimate_of_the_whole_run(tiny_params, cifar_npz, 
                                                          monkeypatch, capsys):
     """The first step stands for compiling (train.compile), which takes a CPU half a minute
     at the preset's size: neither estimate may count it as the pace of the run."""
-    monkeypatch.setattr(training, "ETA_STEP", 2)
-    real, calls = training.optimizer_step, []
+    monkeypatch.setattr(loop, "ETA_STEP", 2)
+    real, calls = loop.optimizer_step, []
 
     def slow_first(*args, **kwargs):
         if not calls:
             time.sleep(4.0)
         calls.append(1)
         return real(*args, **kwargs)
-    monkeypatch.setattr(training, "optimizer_step", slow_first)
+    monkeypatch.setattr(loop, "optimizer_step", slow_first)
     fit(tiny_params(**{"train.epochs": 3}), cifar_npz, tmp_path)
     out = capsys.readouterr()
     text = out.out + out.err
@@ -288,12 +288,12 @@ def test_resumed_run_logs_each_epoch_once_and_takes_the_new_experiments_tags(mlf
                                                                              monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from vitlens import tracking
+    from vitlens.tracking import runs
 
     monkeypatch.setenv("DVC_EXP_NAME", "first-exp")
-    run = tracking.create_run("tests", "first-exp", tracking.dvc_tags())
+    run = runs.create_run("tests", "first-exp", runs.dvc_tags())
     rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 2.0 / e} for e in (1, 2, 3)]
-    run.log_metrics(tracking.epoch_metrics(rows[0]), step=1)  # epoch 2 was killed before logging
+    run.log_metrics(runs.epoch_metrics(rows[0]), step=1)  # epoch 2 was killed before logging
     monkeypatch.setenv("DVC_EXP_NAME", "second-exp")
     run.reopen()
     run.log_missing_epochs(rows[:2])
@@ -373,10 +373,10 @@ def test_snapshots_are_logged_as_a_stepped_image(tiny_params, cifar_npz, tmp_pat
 
 
 def test_the_gpu_sized_default_on_a_cpu_says_so_before_training(params_dict, capsys):
-    from vitlens import preset
     from vitlens.config import parse_params
     from vitlens.pipeline.train import warn_if_gpu_sized
-    from vitlens.training import training_flops
+    from vitlens.train import preset
+    from vitlens.train.loop import training_flops
 
     default = parse_params(params_dict)
     warn_if_gpu_sized(default, torch.device("cpu"), 50_000)

@@ -1,7 +1,7 @@
 """The models a command runs: the train stage's model file, or a logged MLflow model.
 
 Both answer `probabilities(uint8 (N, S, S, 3)) -> (N, classes)` through the module MLflow
-serves (`vitlens.serving.PixelClassifier`), and name their `classes` and input `size`.
+serves (`vitlens.model.pixels.PixelClassifier`), and name their `classes` and input `size`.
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitlens import tracking
 from vitlens.errors import VitlensError, first_line
 from vitlens.explain.attention import upsample_map
 from vitlens.explain.maps import compute_maps
-from vitlens.trained import load_trained
+from vitlens.model.trained import load_trained
+from vitlens.tracking import runs
 
 
 class FileModel:
@@ -48,12 +48,12 @@ class MlflowModel:
     def __init__(self, uri: str):
         import mlflow.pyfunc
 
-        tracking.client()  # runs:/ and models:/ resolve against the project's store
+        runs.client()  # runs:/ and models:/ resolve against the project's store
         try:
             self.model = mlflow.pyfunc.load_model(uri)
         except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for a bad URI
             raise VitlensError(
-                f"cannot load MLflow model {uri} from {tracking.tracking_uri()} "
+                f"cannot load MLflow model {uri} from {runs.tracking_uri()} "
                 f"({first_line(e)}); the train stage logs runs:/<run_id>/model and "
                 "registers models:/vitlens-cifar10/<version>") from None
         meta = self.model.metadata

@@ -27,8 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from vitlens.cli.models import FileModel, MlflowModel, top_classes
+from vitlens.data.images import PICTURE_PX, SUFFIXES, BadImage, load_image
 from vitlens.errors import VitlensError, run_main
-from vitlens.images import PICTURE_PX, SUFFIXES, BadImage, load_image
 from vitlens.plots.common import save_figure
 from vitlens.plots.figures import prediction_overlay
 from vitlens.report import data as explorer

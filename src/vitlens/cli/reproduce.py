@@ -9,15 +9,15 @@ import argparse
 
 import yaml
 
-from vitlens import tracking
 from vitlens.config import parse_params
 from vitlens.errors import run_main
 from vitlens.io import atomic_path
+from vitlens.tracking import runs
 
 
 def write_run_params(run_id: str, out: str) -> dict[str, str]:
     """Validate and write the run's params to `out`; return its tags."""
-    params, tags = tracking.run_params(run_id)
+    params, tags = runs.run_params(run_id)
     parse_params(params)
     with atomic_path(out) as tmp:
         tmp.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from vitlens.tracking import tracking_uri
+from vitlens.tracking.runs import tracking_uri
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from vitlens.explain.attention import (
     mean_attention_distance,
     rollout_map,
 )
-from vitlens.model import ViT
+from vitlens.model.vit import ViT
 
 
 @dataclass

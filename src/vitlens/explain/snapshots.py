@@ -11,17 +11,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vitlens.data import Normalizer
+from vitlens.data.normalize import Normalizer
 from vitlens.explain.attention import upsample_map
 from vitlens.explain.maps import compute_maps
-from vitlens.model import ViT
+from vitlens.model.vit import ViT
 from vitlens.plots.common import overlay_strip
 
 IMAGE_KEY = "attention/rollout"  # the MLflow image key: one image per epoch, a step slider
 
 
 class AttentionSnapshots:
-    """The training loop's epoch hook (vitlens.training.EpochHook)."""
+    """The training loop's epoch hook (vitlens.train.loop.EpochHook)."""
 
     def __init__(self, images: np.ndarray, truth: list[int], *, run: Any = None):
         self.images, self.truth, self.run = images, truth, run  # images: uint8 (n, 3, S, S)

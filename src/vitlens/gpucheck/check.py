@@ -33,19 +33,20 @@ from typing import Any
 import torch
 import yaml
 
-from vitlens import tracking
-from vitlens.cifar import load_arrays, prepare
 from vitlens.config import load_params, parse_params, set_key
+from vitlens.data.cifar import prepare
+from vitlens.data.imageset import load_arrays
 from vitlens.device import pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.gpucheck import search
 from vitlens.gpucheck.runner import Check, Skip, Tee
+from vitlens.model.trained import load_trained
 from vitlens.perf.bench_report import environment
 from vitlens.perf.profiling import profile_modes
 from vitlens.pipeline.evaluate import run_evaluation
 from vitlens.pipeline.train import run_training
 from vitlens.pipeline.visualize import run_visualize
-from vitlens.trained import load_trained
+from vitlens.tracking import runs
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository: tests/ lives here
 MAX_FILES, MAX_BYTES = 8, 16 * 2**20  # what the device machine hands back
@@ -105,7 +106,7 @@ def machine(mlflow: str | None) -> dict[str, Any]:
     return {**env, "gpu": env["device_name"] if cuda else "none (no CUDA device)",
             "gpu_memory_gib": torch.cuda.get_device_properties(device).total_memory / 2**30
             if cuda else 0, "cuda": torch.version.cuda, "mlflow": mlflow or "not importable",
-            "git_commit": tracking.git_commit(ROOT)}
+            "git_commit": runs.git_commit(ROOT)}
 
 
 def train_phase(folder: Path, data: Path) -> dict[str, Any]:

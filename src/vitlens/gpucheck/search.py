@@ -23,7 +23,7 @@ import yaml
 from vitlens.config import ConfigError, parse_params, set_key
 from vitlens.gpucheck.runner import Check
 from vitlens.perf.bench_report import markdown_table
-from vitlens.training import training_flops
+from vitlens.train.loop import training_flops
 
 BASELINE = "default"  # the checked params themselves, trained before the candidates
 

@@ -19,21 +19,22 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from vitlens import preset
 from vitlens.config import ModelConfig, Params, load_params
-from vitlens.data import Normalizer, Split, channel_stats
+from vitlens.data.normalize import Normalizer, channel_stats
+from vitlens.data.split import Split
 from vitlens.device import autocast, native_bf16_cpu, pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
-from vitlens.model import build_model
+from vitlens.model.vit import build_model
 from vitlens.perf.bench_attention import bench_attention
 from vitlens.perf.bench_data import IMAGE_SIZE, NUM_CLASSES, bench_pipelines, synthetic_images
 from vitlens.perf.bench_loop import bench_loop
 from vitlens.perf.bench_precision import bench_precision
 from vitlens.perf.bench_report import environment, report
 from vitlens.perf.timing import alternate, paired_speedup, summarize_calls, time_calls
-from vitlens.step import batch_maker, make_optimizer, optimizer_step
-from vitlens.training import VAL_BATCH
+from vitlens.train import preset
+from vitlens.train.loop import VAL_BATCH
+from vitlens.train.step import batch_maker, make_optimizer, optimizer_step
 
 CIFAR_TRAIN = 50_000   # CIFAR-10 training images, before the validation split
 

@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from vitlens.config import Params
-from vitlens.data import Normalizer, Split, batch_indices, channel_stats
+from vitlens.data.normalize import Normalizer, channel_stats
+from vitlens.data.split import Split, batch_indices
 from vitlens.perf.bench_report import loader_name
 from vitlens.perf.timing import alternate, paired_speedup, summarize_calls
-from vitlens.step import batch_maker
+from vitlens.train.step import batch_maker
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32  # pixels; the pipelines produce CIFAR-sized images whatever the model

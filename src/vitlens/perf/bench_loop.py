@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from vitlens.cifar import Cifar10
 from vitlens.config import Params, parse_params
-from vitlens.model import build_model
+from vitlens.data.imageset import ImageSet
+from vitlens.model.vit import build_model
 from vitlens.perf.bench_data import NUM_CLASSES, synthetic_images
 from vitlens.perf.timing import time_calls
-from vitlens.step import batch_maker, make_optimizer, optimizer_step
-from vitlens.training import device_splits, train
+from vitlens.train.loop import device_splits, train
+from vitlens.train.step import batch_maker, make_optimizer, optimizer_step
 
 
 def loop_params(params: Params, *, batch_size: int, steps: int) -> Params:
@@ -28,7 +28,7 @@ def loop_params(params: Params, *, batch_size: int, steps: int) -> Params:
     return parse_params(raw)
 
 
-def bare_step_images_per_second(p: Params, data: Cifar10, steps: int,
+def bare_step_images_per_second(p: Params, data: ImageSet, steps: int,
                                 device: torch.device) -> float:
     """Median images/s of `steps` optimizer steps on one augmented batch, after 2 untimed."""
     torch.manual_seed(0)
@@ -51,7 +51,7 @@ def bench_loop(params: Params, batch_size: int, *, steps: int,
     before and after it (their mean: load that drifts meets both sides)."""
     p = loop_params(params, batch_size=batch_size, steps=steps)
     x, y = synthetic_images((steps + 1) * batch_size)
-    data = Cifar10(x, y, x[:batch_size], y[:batch_size], [str(i) for i in range(NUM_CLASSES)])
+    data = ImageSet(x, y, x[:batch_size], y[:batch_size], [str(i) for i in range(NUM_CLASSES)])
     before = bare_step_images_per_second(p, data, steps, device)
     with tempfile.TemporaryDirectory(prefix="vitlens-bench-") as d:
         history = train(p, data, checkpoint=Path(d) / "checkpoint.pt").history

@@ -10,10 +10,10 @@ from torch import Tensor
 
 from vitlens.config import Params
 from vitlens.device import native_bf16_cpu
-from vitlens.model import build_model
+from vitlens.model.vit import build_model
 from vitlens.perf.bench_data import NUM_CLASSES, synthetic_images
 from vitlens.perf.timing import alternate, paired_speedup, summarize_calls, time_calls
-from vitlens.step import make_optimizer, optimizer_step
+from vitlens.train.step import make_optimizer, optimizer_step
 
 
 def stepper(p: Params, x: Tensor, y: Tensor, *, bf16: bool,

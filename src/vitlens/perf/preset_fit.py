@@ -14,17 +14,18 @@ from typing import Any
 
 import torch
 
-from vitlens import preset
 from vitlens.config import Params, load_params
-from vitlens.data import Normalizer, Split, channel_stats
+from vitlens.data.normalize import Normalizer, channel_stats
+from vitlens.data.split import Split
 from vitlens.device import autocast, native_bf16_cpu
-from vitlens.ema import EMA
 from vitlens.errors import run_main
-from vitlens.model import build_model
+from vitlens.model.vit import build_model
 from vitlens.perf.bench_data import NUM_CLASSES, synthetic_images
 from vitlens.perf.timing import alternate, paired_speedup, summarize_calls, time_calls
-from vitlens.step import batch_maker, make_optimizer, optimizer_step
-from vitlens.training import VAL_BATCH, epoch_images
+from vitlens.train import preset
+from vitlens.train.ema import EMA
+from vitlens.train.loop import VAL_BATCH, epoch_images
+from vitlens.train.step import batch_maker, make_optimizer, optimizer_step
 
 CPU = torch.device("cpu")
 

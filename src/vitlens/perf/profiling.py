@@ -16,14 +16,15 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from vitlens.cifar import Cifar10
 from vitlens.config import Params
-from vitlens.data import Normalizer, Split, batch_indices
+from vitlens.data.imageset import ImageSet
+from vitlens.data.normalize import Normalizer
+from vitlens.data.split import Split, batch_indices
 from vitlens.device import pick_device
-from vitlens.model import build_model, train_flops_per_image
+from vitlens.model.vit import build_model, train_flops_per_image
 from vitlens.perf.timing import sync, time_calls
-from vitlens.step import EpochStats, batch_maker, make_optimizer, optimizer_step
-from vitlens.training import device_splits
+from vitlens.train.loop import device_splits
+from vitlens.train.step import EpochStats, batch_maker, make_optimizer, optimizer_step
 
 TOP = 12  # kernels (or ops) listed
 # Eager, compiled, compiled with CUDA graphs. Only eager on a CPU: compiling there takes
@@ -132,7 +133,7 @@ def profile_training(params: Params, split: Split, norm: Normalizer, *, mode: st
     return out
 
 
-def profile_modes(params: Params, data: Cifar10) -> dict[str, Any]:
+def profile_modes(params: Params, data: ImageSet) -> dict[str, Any]:
     """profile_training of every mode (CUDA_MODES on CUDA, eager elsewhere) on the training
     split of `data`, and which mode's step is fastest."""
     device = pick_device(params.train.device)

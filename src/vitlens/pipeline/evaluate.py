@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitlens.cifar import load_arrays
 from vitlens.config import load_params
-from vitlens.data import to_device
-from vitlens.evaluation import confusion_rows, evaluate_logits, split_logits
+from vitlens.data.imageset import load_arrays
+from vitlens.data.split import to_device
 from vitlens.io import write_csv, write_json
+from vitlens.model.trained import load_trained
 from vitlens.plots.common import save_figure
 from vitlens.plots.figures import confusion_figure
-from vitlens.trained import load_trained
+from vitlens.train.evaluation import confusion_rows, evaluate_logits, split_logits
 
 
 def run_evaluation(params_path: str | Path, model_path: Path, data_path: Path, out_dir: Path,

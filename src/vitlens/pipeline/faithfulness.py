@@ -11,16 +11,16 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from vitlens.cifar import Cifar10, load_arrays
 from vitlens.config import FaithfulnessConfig, load_params
+from vitlens.data.imageset import ImageSet, load_arrays
 from vitlens.errors import VitlensError
 from vitlens.explain.attention import upsample_map
 from vitlens.explain.faithfulness import KINDS, Curves, auc, faithfulness_curves, step_counts, summarize_curves
 from vitlens.explain.maps import explanation_maps
 from vitlens.io import write_csv, write_json
+from vitlens.model.trained import load_trained
 from vitlens.plots import faithfulness as faithfulness_plots
 from vitlens.plots.common import save_figure
-from vitlens.trained import load_trained
 
 
 def choose_images(cfg: FaithfulnessConfig, n_test: int) -> np.ndarray:
@@ -38,7 +38,7 @@ def curve_rows(fraction: np.ndarray, means: dict[str, dict[str, np.ndarray]]) ->
             for t, f in enumerate(fraction)]
 
 
-def figures(data: Cifar10, chosen: np.ndarray, pred: Tensor, maps: dict[str, Tensor],
+def figures(data: ImageSet, chosen: np.ndarray, pred: Tensor, maps: dict[str, Tensor],
             curves: dict[str, Curves], means: dict[str, dict[str, np.ndarray]], fraction: np.ndarray,
             summary: dict[str, dict[str, float]], cfg: FaithfulnessConfig) -> dict[str, Figure]:
     """The mean curves, and the first `show_images` chosen images with every method's map."""

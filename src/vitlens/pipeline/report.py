@@ -12,11 +12,11 @@ import numpy as np
 import torch
 import yaml
 
-from vitlens.cifar import load_arrays
 from vitlens.config import ReportConfig, load_params, parse_params
+from vitlens.data.imageset import load_arrays
+from vitlens.model.trained import Trained, load_trained
 from vitlens.report import data as explorer
 from vitlens.report.page import write_explorer
-from vitlens.trained import Trained, load_trained
 
 POOL_PER_IMAGE = 20  # test images scanned per gallery slot, enough to find mistakes per class
 

@@ -9,34 +9,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitlens import distributed, preset, tracking
-from vitlens.checkpoint import checkpoint_digest, load_checkpoint
-from vitlens.cifar import Cifar10, load_arrays
 from vitlens.config import Params
-from vitlens.data import split_train_val
+from vitlens.data.imageset import ImageSet, load_arrays
+from vitlens.data.split import split_train_val
 from vitlens.device import pick_device, train_bf16
-from vitlens.distributed import Dist
 from vitlens.explain.snapshots import AttentionSnapshots
 from vitlens.io import save_torch, write_csv
-from vitlens.model import model_record
-from vitlens.serving import to_pixels
-from vitlens.trained import load_trained
-from vitlens.training import train, training_flops
+from vitlens.model.pixels import to_pixels
+from vitlens.model.record import model_record
+from vitlens.model.trained import load_trained
+from vitlens.tracking import runs
+from vitlens.train import distributed, preset
+from vitlens.train.checkpoint import checkpoint_digest, load_checkpoint
+from vitlens.train.distributed import Dist
+from vitlens.train.loop import train, training_flops
 
 
 def start_run(params: Params, previous_run_id: str, device: torch.device,
-              commit: str) -> tracking.Run | None:
+              commit: str) -> runs.Run | None:
     if not params.tracking.enabled:
         return None
     if previous_run_id:
-        run = tracking.open_run(previous_run_id)
+        run = runs.open_run(previous_run_id)
         run.reopen()
         return run
     # train.precision as it resolved here (auto reads differently on another machine).
     tags = {"git_commit": commit, "device": str(device),
             "precision": "bf16" if train_bf16(params.train.precision, device) else "fp32",
-            "torch_version": torch.__version__, **tracking.dvc_tags()}
-    run = tracking.create_run(params.tracking.experiment, os.environ.get("DVC_EXP_NAME"), tags)
+            "torch_version": torch.__version__, **runs.dvc_tags()}
+    run = runs.create_run(params.tracking.experiment, os.environ.get("DVC_EXP_NAME"), tags)
     run.log_params(params.flat())
     return run
 
@@ -69,11 +70,11 @@ def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
     dist, wrap = distributed.setup(device.type)
     try:
         if dist.main:
-            commit = tracking.git_commit()
+            commit = runs.git_commit()
             run = start_run(params, state["run_id"] if state else "", device, commit)
             if run is not None and state is not None:
                 run.log_missing_epochs(state["history"])
-            with tracking.finishing(run):
+            with runs.finishing(run):
                 train_and_write(params, data, state, dist, wrap, run, out, history_path,
                                  checkpoint, commit)
         else:
@@ -82,7 +83,7 @@ def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
         distributed.teardown()
 
 
-def snapshots(params: Params, data: Cifar10, run: tracking.Run | None) -> AttentionSnapshots | None:
+def snapshots(params: Params, data: ImageSet, run: runs.Run | None) -> AttentionSnapshots | None:
     """The epoch hook that keeps the maps of the first train.snapshot_images validation
     images (the validation split is seeded, so they are a fixed random choice); None for 0."""
     n = params.train.snapshot_images
@@ -93,8 +94,8 @@ def snapshots(params: Params, data: Cifar10, run: tracking.Run | None) -> Attent
     return AttentionSnapshots(np.ascontiguousarray(x_val[:n]), [int(y) for y in y_val[:n]], run=run)
 
 
-def train_and_write(params: Params, data: Cifar10, state: dict | None, dist: Dist,
-                     wrap: Callable, run: tracking.Run | None, out: Path, history_path: Path,
+def train_and_write(params: Params, data: ImageSet, state: dict | None, dist: Dist,
+                     wrap: Callable, run: runs.Run | None, out: Path, history_path: Path,
                      checkpoint: Path, commit: str) -> None:
     hook = snapshots(params, data, run)
     result = train(params, data, checkpoint=checkpoint, state=state, dist=dist, run=run,

@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitlens.cifar import load_arrays
 from vitlens.config import VisualizeConfig, load_params
+from vitlens.data.imageset import load_arrays
 from vitlens.errors import VitlensError
-from vitlens.evaluation import softmax_confidence
 from vitlens.explain.attention import upsample_map
 from vitlens.explain.maps import compute_maps, mean_attention_distance_over
 from vitlens.io import write_csv, write_json
+from vitlens.model.trained import Trained, load_trained
 from vitlens.plots import figures
 from vitlens.plots.common import save_figure
-from vitlens.trained import Trained, load_trained
+from vitlens.train.evaluation import softmax_confidence
 
 CANDIDATES_PER_IMAGE = 20  # test images scanned per figure slot, enough to find wrong predictions
 DISTANCE_BATCH = 128  # images per pass of the mean attention distance (a memory bound)

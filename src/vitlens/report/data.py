@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from vitlens.explain.maps import compute_maps
-from vitlens.trained import Trained
+from vitlens.model.trained import Trained
 
 
 def pack(x: np.ndarray, dims: int = 2) -> dict[str, Any]:

@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from vitlens.cifar import prepare
 from vitlens.config import load_params
+from vitlens.data.cifar import prepare
 from vitlens.errors import run_main
 
 

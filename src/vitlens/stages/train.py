@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitlens import distributed
 from vitlens.config import load_params
 from vitlens.errors import run_main
 from vitlens.pipeline.train import run_training
+from vitlens.train import distributed
 
 
 def main() -> None:

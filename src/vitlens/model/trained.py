@@ -8,13 +8,14 @@ from typing import Any
 
 import torch
 
-from vitlens import tracking
 from vitlens.config import ModelConfig
-from vitlens.data import Normalizer
+from vitlens.data.normalize import Normalizer
 from vitlens.device import pick_device
 from vitlens.errors import VitlensError
-from vitlens.model import MODEL_FORMAT, ViT, build_model
-from vitlens.serving import PixelClassifier
+from vitlens.model.pixels import PixelClassifier
+from vitlens.model.record import MODEL_FORMAT
+from vitlens.model.vit import ViT, build_model
+from vitlens.tracking import runs
 
 
 @dataclass
@@ -43,10 +44,10 @@ class Trained:
         """The served module on this model's device: uint8 (N, H, W, 3) -> probabilities."""
         return PixelClassifier(self.vit, self.norm).eval().to(self.device)
 
-    def run(self, enabled: bool) -> tracking.Run | None:
+    def run(self, enabled: bool) -> runs.Run | None:
         """The training run, reopened for a later stage to log into; None when tracking is off
         (`enabled`, the stage's tracking.enabled) or the model was trained untracked."""
-        return tracking.open_run(self.run_id) if enabled and self.run_id else None
+        return runs.open_run(self.run_id) if enabled and self.run_id else None
 
 
 def load_trained(path: str | Path, device: torch.device | str = "auto") -> Trained:

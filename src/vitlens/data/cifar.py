@@ -8,26 +8,17 @@ dtype and shape are checked after loading.
 """
 from __future__ import annotations
 
-import hashlib
-import http.client
 import io
 import pickle
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from tqdm import tqdm
 
-from vitlens.errors import VitlensError
-from vitlens.io import atomic_path
+from vitlens.data.fetch import download, local_path, verify_md5
+from vitlens.data.imageset import DataError, ImageSet, save_arrays
 
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 ROOT = "cifar-10-batches-py"
@@ -36,84 +27,6 @@ TEST_BATCH = "test_batch"
 META = "batches.meta"
 NUM_CLASSES = 10
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # the official archive's
-
-
-class DataError(VitlensError):
-    pass
-
-
-@dataclass(frozen=True)
-class Cifar10:
-    x_train: np.ndarray  # (N, 3, 32, 32) uint8
-    y_train: np.ndarray  # (N,) int64
-    x_test: np.ndarray
-    y_test: np.ndarray
-    classes: list[str]
-
-
-def local_path(url: str) -> Path | None:
-    """The file a `file://` URL or plain path names; None for http(s)."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme in ("http", "https"):
-        return None
-    if parsed.scheme == "file":
-        return Path(urllib.parse.unquote(parsed.path))
-    if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive
-        raise DataError(f"data.url={url!r} has unsupported scheme {parsed.scheme!r} "
-                        "(use http(s)://, file:// or a plain path)")
-    return Path(url).expanduser()
-
-
-def _is_transient(err: Exception) -> bool:
-    """Network trouble that a later attempt may not meet; local failures (a full disk, a
-    permission) are not network errors and never reach here (see _stream)."""
-    if isinstance(err, urllib.error.HTTPError):
-        return err.code >= 500 or err.code in (408, 429)
-    return isinstance(err, (urllib.error.URLError, TimeoutError, ConnectionError,
-                            http.client.HTTPException))
-
-
-def _stream(url: str, dest: Path, timeout_s: float) -> None:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        try:
-            f = open(dest, "wb")
-        except OSError as e:
-            raise DataError(f"cannot write the download to {dest}: {e.strerror or e}") from None
-        with f, tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
-            while chunk := resp.read(1 << 20):
-                try:
-                    f.write(chunk)
-                except OSError as e:
-                    raise DataError(f"cannot write the download to {dest}: "
-                                    f"{e.strerror or e}") from None
-                bar.update(len(chunk))
-
-
-def download(url: str, dest: Path, *, retries: int, timeout_s: float,
-             backoff_s: float = 0.5) -> None:
-    """Download `url` to `dest`, retrying transient errors with exponential backoff."""
-    for attempt in range(retries + 1):
-        try:
-            _stream(url, dest, timeout_s)
-            return
-        except DataError:
-            raise
-        except Exception as e:  # noqa: BLE001 - classified just below
-            reason = getattr(e, "reason", None) or e
-            if not _is_transient(e) or attempt == retries:
-                raise DataError(
-                    f"cannot download {url} ({reason}); offline, set data.url to a local copy "
-                    "(a path or file:// URL) and data.md5 to its MD5") from None
-            time.sleep(backoff_s * 2**attempt)
-
-
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -208,11 +121,11 @@ def _parse_meta(raw: bytes) -> list[str]:
     return names
 
 
-def read_archive(archive: Path, *, official: bool) -> Cifar10:
+def read_archive(archive: Path, *, official: bool) -> ImageSet:
     raw = _read_members(archive)
     train = [_parse_batch(raw[n], n) for n in TRAIN_BATCHES]
     x_test, y_test = _parse_batch(raw[TEST_BATCH], TEST_BATCH)
-    data = Cifar10(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+    data = ImageSet(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
                    x_test, y_test, _parse_meta(raw[META]))
     if official and (len(data.x_train), len(data.x_test)) != (TRAIN_IMAGES, TEST_IMAGES):
         raise DataError(f"the official archive must hold 50000 + 10000 images, got "
@@ -220,35 +133,7 @@ def read_archive(archive: Path, *, official: bool) -> Cifar10:
     return data
 
 
-def verify_md5(archive: Path, expected: str) -> None:
-    actual = md5sum(archive)
-    if actual != expected.lower():
-        raise DataError(f"MD5 mismatch for {archive}: expected {expected.lower()}, got {actual} "
-                        "(set data.md5 if this is a different copy on purpose)")
-
-
-def save_arrays(data: Cifar10, out: Path) -> None:
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
-                 y_test=data.y_test, classes=np.array(data.classes))
-
-
-def load_arrays(path: str | Path) -> Cifar10:
-    """Load what save_arrays wrote (uncompressed .npz: well under a second for all of CIFAR-10)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            return Cifar10(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
-                           [str(c) for c in z["classes"]])
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
-    except (KeyError, ValueError, OSError, EOFError, TypeError, zlib.error, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} is not a dataset written by the download stage ({e}): rerun it "
-                        "(dvc repro -f download)") from None
-
-
-def prepare(url: str, md5: str, out: Path, *, retries: int, timeout_s: float) -> Cifar10:
+def prepare(url: str, md5: str, out: Path, *, retries: int, timeout_s: float) -> ImageSet:
     """Fetch (or locate) the archive, verify its MD5, parse it safely, write `out` atomically."""
     src = local_path(url)
     if src is not None:
@@ -261,8 +146,9 @@ def prepare(url: str, md5: str, out: Path, *, retries: int, timeout_s: float) ->
         return _convert(archive, md5, out)
 
 
-def _convert(archive: Path, md5: str, out: Path) -> Cifar10:
+def _convert(archive: Path, md5: str, out: Path) -> ImageSet:
     verify_md5(archive, md5)
     data = read_archive(archive, official=md5.lower() == OFFICIAL_MD5)
     save_arrays(data, out)
     return data
+

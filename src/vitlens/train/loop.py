@@ -1,4 +1,4 @@
-"""The training loop: setup, resume, the epochs of `vitlens.step` steps with a progress bar
+"""The training loop: setup, resume, the epochs of `vitlens.train.step` steps with a progress bar
 and an estimate, per-epoch validation, a checkpoint and the epoch's metrics after each."""
 from __future__ import annotations
 
@@ -15,24 +15,20 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from vitlens.checkpoint import checkpoint_digest, checkpoint_state, save_checkpoint
-from vitlens.cifar import TRAIN_IMAGES, Cifar10
 from vitlens.config import Params, TrainConfig
-from vitlens.data import (
-    Normalizer,
-    Split,
-    batch_indices,
-    channel_stats,
-    split_train_val,
-    to_device,
-)
+from vitlens.data.cifar import TRAIN_IMAGES
+from vitlens.data.imageset import ImageSet
+from vitlens.data.normalize import Normalizer, channel_stats
+from vitlens.data.split import Split, batch_indices, split_train_val, to_device
 from vitlens.device import pick_device, precision_line, train_bf16
-from vitlens.distributed import Dist
-from vitlens.ema import EMA
 from vitlens.errors import VitlensError
-from vitlens.evaluation import evaluate_logits, split_logits
-from vitlens.model import ViT, build_model, train_flops_per_image
-from vitlens.step import (
+from vitlens.model.vit import ViT, build_model, train_flops_per_image
+from vitlens.tracking.runs import epoch_metrics
+from vitlens.train.checkpoint import checkpoint_digest, checkpoint_state, save_checkpoint
+from vitlens.train.distributed import Dist
+from vitlens.train.ema import EMA
+from vitlens.train.evaluation import evaluate_logits, split_logits
+from vitlens.train.step import (
     EpochStats,
     batch_maker,
     check_finite,
@@ -43,7 +39,6 @@ from vitlens.step import (
     smoothing_at,
     token_drop_at,
 )
-from vitlens.tracking import epoch_metrics
 
 VAL_BATCH = 500  # images per validation forward pass (a memory bound, not a hyperparameter)
 SYNC_EVERY = 20  # steps between the progress bar's host syncs: rare enough not to stall a GPU
@@ -122,7 +117,7 @@ def training_flops(p: Params, train_images: int = TRAIN_IMAGES) -> float:
         for e in range(1, p.train.epochs + 1)) * epoch_images(p, train_images)
 
 
-def device_splits(params: Params, data: Cifar10,
+def device_splits(params: Params, data: ImageSet,
                   device: torch.device) -> tuple[Split, Split, Normalizer]:
     """The training and validation splits of `params` on `device`, and the normaliser of
     the training split's statistics."""
@@ -158,7 +153,7 @@ class Setup:
         return cast(ViT, self.ema.model) if self.ema is not None else self.model
 
 
-def setup(params: Params, data: Cifar10) -> Setup:
+def setup(params: Params, data: ImageSet) -> Setup:
     """Device, threads, splits on the device, a freshly initialised model and its optimizer."""
     t = params.train
     device = pick_device(t.device)
@@ -210,7 +205,7 @@ def epoch_line(row: dict[str, float], epochs: int, eta_s: float) -> str:
             f"eta {format_seconds(eta_s)}")
 
 
-def train(params: Params, data: Cifar10, *, checkpoint: Path, state: dict | None = None,
+def train(params: Params, data: ImageSet, *, checkpoint: Path, state: dict | None = None,
           dist: Dist | None = None, run: Any = None,
           wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
           hook: EpochHook | None = None) -> TrainResult:

@@ -25,7 +25,7 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from vitlens.errors import VitlensError, first_line, uninterruptible  # noqa: E402
-from vitlens.tracking_retry import retry, unreachable  # noqa: E402
+from vitlens.tracking.retry import retry, unreachable  # noqa: E402
 
 
 def project_root() -> Path:

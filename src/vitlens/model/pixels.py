@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vitlens.data import Normalizer, normalize
-from vitlens.model import ViT
+from vitlens.data.normalize import Normalizer, normalize
+from vitlens.model.vit import ViT
 
 
 class PixelClassifier(nn.Module):

@@ -1,6 +1,6 @@
 """One training step and what it needs: the lr schedule, per-epoch seeding, the augmented
 batch, AdamW and the step itself, and running sums that never sync the host. The training
-loop (vitlens.training), the bench and the profiler all run this same step."""
+loop (vitlens.train.loop), the bench and the profiler all run this same step."""
 from __future__ import annotations
 
 import math
@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlens.config import TrainConfig
-from vitlens.data import CropFlip, Normalizer, Split, cutout
+from vitlens.data.augment import CropFlip, cutout
+from vitlens.data.normalize import Normalizer
+from vitlens.data.split import Split
 from vitlens.device import autocast
-from vitlens.distributed import Dist
 from vitlens.errors import VitlensError
-from vitlens.model import param_groups
+from vitlens.model.vit import param_groups
+from vitlens.train.distributed import Dist
 
 
 def lr_at(step: int, *, total: int, warmup: int, lr: float, min_lr: float) -> float:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitlens.data import Normalizer, Split, batches
+from vitlens.data.normalize import Normalizer
+from vitlens.data.split import Split, batches
 from vitlens.device import autocast
 
 
