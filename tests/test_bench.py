@@ -260,7 +260,7 @@ def test_bf16_is_timed_beside_fp32_with_the_cpus_flags(quick_run):
 
 
 def test_the_step_runs_in_the_precision_asked(tiny_params):
-    """bf16=True autocasts the forward on a CPU too; the default there is fp32."""
+    """bf16=True autocasts the forward on a CPU too; bf16=False keeps it in fp32."""
     p = tiny_params()
     torch.manual_seed(0)
     model = build_model(p.model, 10)
@@ -268,8 +268,8 @@ def test_the_step_runs_in_the_precision_asked(tiny_params):
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     cpu = torch.device("cpu")
     dtypes = [optimizer_step(model, model, opt, x, y, p.train, cpu, bf16=bf16)[1].dtype
-              for bf16 in (None, False, True)]
-    assert dtypes == [torch.float32, torch.float32, torch.bfloat16]
+              for bf16 in (False, True)]
+    assert dtypes == [torch.float32, torch.bfloat16]
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
@@ -290,7 +290,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 def test_train_precision_resolves_to_bf16_on_cuda_and_native_bf16_cpus(monkeypatch, precision,
                                                                       kind, flags, want):
     monkeypatch.setattr(device, "cpu_flags", lambda: flags)
-    assert device.train_bf16(precision, torch.device(kind)) is want
+    assert device.use_bf16(precision, torch.device(kind)) is want
 
 
 def test_the_precision_line_names_the_format_and_the_cpus_flags(monkeypatch):

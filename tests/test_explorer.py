@@ -32,7 +32,7 @@ def trained():
     params = {"model": {"image_size": 32, "patch_size": 8, "depth": LAYERS, "heads": HEADS, "dim": 32},
               "train": {"lr": 0.002}}
     return Trained(vit=vit, norm=Normalizer([0.5] * 3, [0.25] * 3), classes=CLASSES, run_id="",
-                   params=params, record={"history": []}, device=torch.device("cpu"))
+                   params=params, record={"history": []}, device=torch.device("cpu"), bf16=False)
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_metric_scores_the_evidence_far_above_random_and_away_from_it_below(evid
     evidence = F.one_hot(EVIDENCE[y], GRID * GRID).float().view(-1, GRID, GRID)
     maps = {"evidence": evidence, "away": 1 - evidence, "random": random_maps(64, GRID, 0)}
     pred, curves = faithfulness_curves(evidence_model, x, maps, steps=16, blur_kernel=11,
-                                       blur_sigma=5.0, batch_size=32)
+                                       blur_sigma=5.0, batch_size=32, bf16=False)
     assert (pred == y).all()
     s = summarize_curves(curves, samples=500, confidence=0.95, seed=0)
     on, off, rnd = s["evidence"], s["away"], s["random"]
@@ -251,7 +251,7 @@ def test_curves_are_the_probabilities_of_every_variant(small_vit):
     """The shared ends, scored once per image, sit where scoring each variant puts them."""
     x, maps = torch.randn(3, 3, SIZE, SIZE), {"a": torch.rand(3, GRID, GRID)}
     pred, curves = faithfulness_curves(small_vit, x, maps, steps=4, blur_kernel=5,
-                                       blur_sigma=2.0, batch_size=2)
+                                       blur_sigma=2.0, batch_size=2, bf16=False)
     counts, ranks = step_counts(GRID * GRID, 4), patch_ranks(maps["a"])
     paths = {"deletion": (x, torch.zeros_like(x)), "insertion": (gaussian_blur(x, 5, 2.0), x)}
     for kind, (start, end) in paths.items():

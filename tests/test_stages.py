@@ -80,9 +80,9 @@ def test_flip_tta_is_reported_beside_the_plain_numbers(project, cifar_npz, tmp_p
     x = t.norm(test.x)
     with torch.no_grad():
         mean = (t.vit(x) + t.vit(x.flip(-1))) / 2
-    got = split_logits(t.vit, test, t.norm, 7, t.device, flip=True)  # batches of 7: order kept
+    got = split_logits(t.vit, test, t.norm, 7, t.device, bf16=False, flip=True)  # batches of 7: order kept
     assert torch.allclose(got, mean, atol=1e-5)
-    assert not torch.allclose(got, split_logits(t.vit, test, t.norm, 7, t.device), atol=1e-3)
+    assert not torch.allclose(got, split_logits(t.vit, test, t.norm, 7, t.device, bf16=False), atol=1e-3)
     assert both["accuracy_flip_tta"] == pytest.approx(
         (mean.argmax(1) == test.y).float().mean().item())
     run = MlflowClient().get_run(run_id_of(project))

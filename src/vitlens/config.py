@@ -67,7 +67,7 @@ class ModelConfig:
 # torch.compile's modes: reduce-overhead adds CUDA graphs; max-autotune* search kernels (minutes)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA and native-bf16 CPUs (device.train_bf16)
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA and native-bf16 CPUs (device.use_bf16)
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,9 @@ def native_bf16_cpu() -> list[str]:
     return [f for f in NATIVE_BF16_FLAGS if f in flags]
 
 
-def train_bf16(precision: str, device: torch.device) -> bool:
-    """Whether training autocasts to bf16: train.precision, where auto = on CUDA and on a CPU
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether a model autocasts to bf16, in training and in every pass over it after: the
+    one place train.precision is resolved, where auto = on CUDA and on a CPU
     with native bf16 (NATIVE_BF16_FLAGS), fp32 elsewhere (MPS included). The preset's epoch
     ran 1.7x faster in bf16 on an Intel Xeon with AMX and 2.4x on a Zen 5 with AVX512-BF16
     alone, within half a point of fp32's validation accuracy after 3 epochs (docs/bench.md)."""
@@ -67,8 +68,6 @@ def precision_line(bf16: bool, device: torch.device) -> str:
     return f"precision: bf16 autocast on {device.type}{why}"
 
 
-def autocast(device: torch.device, bf16: bool | None = None) -> Any:
-    """bf16 autocast where asked, by default on CUDA alone (no loss scaling needed); fp32
-    elsewhere."""
-    enabled = device.type == "cuda" if bf16 is None else bf16
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+def autocast(device: torch.device, bf16: bool) -> Any:
+    """bf16 autocast when `bf16` (what use_bf16 decided; no loss scaling needed), else fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

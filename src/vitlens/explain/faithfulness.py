@@ -74,25 +74,26 @@ def path_variants(start: Tensor, end: Tensor, ranks: Tensor, counts: Tensor) -> 
 
 
 @torch.inference_mode()
-def logits_of(model: nn.Module, x: Tensor) -> Tensor:
+def logits_of(model: nn.Module, x: Tensor, bf16: bool) -> Tensor:
     """(B, classes) float32 logits through the fused attention path (no weights kept)."""
-    with autocast(x.device):
+    with autocast(x.device, bf16):
         return model(x).float()
 
 
-def class_probability(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+def class_probability(model: nn.Module, x: Tensor, target: Tensor, bf16: bool) -> Tensor:
     """(B,) softmax probability of class target[i] for image x[i]."""
-    return logits_of(model, x).softmax(dim=1).gather(1, target[:, None])[:, 0]
+    return logits_of(model, x, bf16).softmax(dim=1).gather(1, target[:, None])[:, 0]
 
 
 def faithfulness_curves(model: nn.Module, x: Tensor, maps: Mapping[str, Tensor], *, steps: int,
-                        blur_kernel: int, blur_sigma: float, batch_size: int,
+                        blur_kernel: int, blur_sigma: float, batch_size: int, bf16: bool,
                         progress: bool = False) -> tuple[Tensor, dict[str, Curves]]:
     """Predicted class (N,) of normalised images x (N, C, H, W) and every method's curves.
 
-    `maps` holds (N, g, g) relevance per method. The curves' ends (the image, the mean image,
-    the blurred image) are the same for every method and are scored once; one forward pass
-    scores the steps - 1 inner variants of `batch_size` images for one method and kind.
+    `maps` holds (N, g, g) relevance per method; `bf16` is the model's precision. The curves'
+    ends (the image, the mean image, the blurred image) are the same for every method and are
+    scored once; one forward pass scores the steps - 1 inner variants of `batch_size` images
+    for one method and kind.
     """
     model.eval()
     patches = next(iter(maps.values()))[0].numel()
@@ -102,16 +103,16 @@ def faithfulness_curves(model: nn.Module, x: Tensor, maps: Mapping[str, Tensor],
     bar = tqdm(total=len(x), desc="faithfulness", unit="img", disable=not progress)
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
-        tb = logits_of(model, xb).argmax(dim=1)
+        tb = logits_of(model, xb, bf16).argmax(dim=1)
         paths = {"deletion": (xb, torch.zeros_like(xb)),
                  "insertion": (gaussian_blur(xb, blur_kernel, blur_sigma), xb)}
-        ends = {k: class_probability(model, torch.cat(p), tb.repeat(2)).view(2, -1, 1)
+        ends = {k: class_probability(model, torch.cat(p), tb.repeat(2), bf16).view(2, -1, 1)
                 for k, p in paths.items()}  # (start, end) x (B, 1)
         for method, m in maps.items():
             ranks = patch_ranks(m[i:i + batch_size].to(x.device))
             for kind, (start, end) in paths.items():
                 v = path_variants(start, end, ranks, inner).flatten(0, 1)  # (B * (T - 2), C, H, W)
-                p = class_probability(model, v, tb.repeat_interleave(len(inner)))
+                p = class_probability(model, v, tb.repeat_interleave(len(inner)), bf16)
                 out[method][kind].append(torch.cat([ends[kind][0], p.view(len(xb), -1),
                                                     ends[kind][1]], dim=1).cpu())
         targets.append(tb.cpu())

@@ -10,7 +10,7 @@ import torch
 
 from vitlens.config import ModelConfig
 from vitlens.data.normalize import Normalizer
-from vitlens.device import pick_device
+from vitlens.device import pick_device, use_bf16
 from vitlens.errors import VitlensError
 from vitlens.model.pixels import PixelClassifier
 from vitlens.model.record import MODEL_FORMAT
@@ -31,6 +31,7 @@ class Trained:
     params: dict[str, dict[str, Any]]
     record: dict[str, Any]
     device: torch.device
+    bf16: bool  # the precision it trained in, resolved on `device`: every pass over it uses it
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -69,4 +70,5 @@ def load_trained(path: str | Path, device: torch.device | str = "auto") -> Train
     vit.load_state_dict(rec["state_dict"])
     vit = vit.to(dev).eval()
     return Trained(vit=vit, norm=Normalizer(rec["mean"], rec["std"]), classes=list(rec["classes"]),
-                   run_id=rec["mlflow_run_id"], params=rec["params"], record=rec, device=dev)
+                   run_id=rec["mlflow_run_id"], params=rec["params"], record=rec, device=dev,
+                   bf16=use_bf16(rec["params"]["train"].get("precision", "fp32"), dev))

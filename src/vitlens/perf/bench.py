@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from vitlens.config import ModelConfig, Params, load_params
 from vitlens.data.normalize import Normalizer, channel_stats
 from vitlens.data.split import Split
-from vitlens.device import autocast, native_bf16_cpu, pick_device
+from vitlens.device import autocast, native_bf16_cpu, pick_device, use_bf16
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
 from vitlens.model.vit import build_model
@@ -108,7 +108,8 @@ def train_step(model: nn.Module, batch: Callable[[], tuple[Tensor, Tensor]], par
 
     def step() -> None:
         model.train()
-        optimizer_step(model, model, opt, *batch(), params.train, device)
+        optimizer_step(model, model, opt, *batch(), params.train, device,
+                       bf16=use_bf16(params.train.precision, device))
     return step
 
 
@@ -171,7 +172,7 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
 
     @torch.no_grad()
     def validate() -> None:
-        with autocast(device):
+        with autocast(device, use_bf16(params.train.precision, device)):
             model(val_x).float().cpu()
     time_calls(validate, s.warmup, device)
     val_s = statistics.median(time_calls(validate, max(s.steps // 2, 1), device))

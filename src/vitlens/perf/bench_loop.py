@@ -12,6 +12,7 @@ import torch
 
 from vitlens.config import Params, parse_params
 from vitlens.data.imageset import ImageSet
+from vitlens.device import use_bf16
 from vitlens.model.vit import build_model
 from vitlens.perf.bench_data import NUM_CLASSES, synthetic_images
 from vitlens.perf.timing import time_calls
@@ -40,7 +41,8 @@ def bare_step_images_per_second(p: Params, data: ImageSet, steps: int,
 
     def step() -> None:
         model.train()
-        optimizer_step(model, model, opt, x, y, p.train, device)
+        optimizer_step(model, model, opt, x, y, p.train, device,
+                       bf16=use_bf16(p.train.precision, device))
     time_calls(step, 2, device)
     return p.train.batch_size / statistics.median(time_calls(step, steps, device))
 

@@ -20,7 +20,7 @@ from vitlens.config import Params
 from vitlens.data.imageset import ImageSet
 from vitlens.data.normalize import Normalizer
 from vitlens.data.split import Split, batch_indices
-from vitlens.device import pick_device
+from vitlens.device import pick_device, use_bf16
 from vitlens.model.vit import build_model, train_flops_per_image
 from vitlens.perf.timing import sync, time_calls
 from vitlens.train.loop import device_splits
@@ -104,11 +104,12 @@ def profile_training(params: Params, split: Split, norm: Normalizer, *, mode: st
     batch = batch_maker(split, norm, t, gen)
     order = itertools.cycle(list(batch_indices(len(split), t.batch_size, gen)))
     stats = EpochStats(device)
+    bf16 = use_bf16(t.precision, device)
 
     def run(n: int) -> None:
         for _ in range(n):
             x, y = batch(next(order))
-            loss, logits = optimizer_step(fwd, model, opt, x, y, t, device)
+            loss, logits = optimizer_step(fwd, model, opt, x, y, t, device, bf16=bf16)
             stats.add(loss, logits, y)
 
     def timed(fn: Callable[[], object]) -> float:

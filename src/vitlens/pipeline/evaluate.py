@@ -21,7 +21,8 @@ def run_evaluation(params_path: str | Path, model_path: Path, data_path: Path, o
     trained = load_trained(model_path)
     data = load_arrays(data_path)
     test = to_device(data.x_test, data.y_test, trained.device)
-    logits = split_logits(trained.vit, test, trained.norm, params.evaluate.batch_size, trained.device)
+    logits = split_logits(trained.vit, test, trained.norm, params.evaluate.batch_size, trained.device,
+                          bf16=trained.bf16)
     ev = evaluate_logits(logits, test.y, data.classes)
     per_class = ev.per_class_accuracy()
     support = ev.confusion.sum(axis=1)
@@ -29,7 +30,8 @@ def run_evaluation(params_path: str | Path, model_path: Path, data_path: Path, o
     metrics = ev.metrics()
     if params.evaluate.flip_tta:  # beside the plain numbers, never instead of them
         tta = evaluate_logits(split_logits(trained.vit, test, trained.norm,
-                                           params.evaluate.batch_size, trained.device, flip=True),
+                                           params.evaluate.batch_size, trained.device, bf16=trained.bf16,
+                                           flip=True),
                               test.y, data.classes)
         metrics.update(accuracy_flip_tta=tta.accuracy, loss_flip_tta=tta.loss)
     write_json(metrics_path, metrics)

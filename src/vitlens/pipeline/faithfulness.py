@@ -71,7 +71,7 @@ def run_faithfulness(params_path: str | Path, model_path: Path, data_path: Path,
     maps = explanation_maps(model, x, cfg.methods, seed=cfg.seed, batch_size=cfg.batch_size)
     pred, curves = faithfulness_curves(model, x, maps, steps=cfg.steps, blur_kernel=cfg.blur_kernel,
                                        blur_sigma=cfg.blur_sigma, batch_size=cfg.batch_size,
-                                       progress=True)
+                                       bf16=trained.bf16, progress=True)
     seconds = time.perf_counter() - start
     summary = summarize_curves(curves, samples=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed)
     metrics = {"images": len(chosen), **summary}

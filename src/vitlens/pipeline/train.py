@@ -12,7 +12,7 @@ import torch
 from vitlens.config import Params
 from vitlens.data.imageset import ImageSet, load_arrays
 from vitlens.data.split import split_train_val
-from vitlens.device import pick_device, train_bf16
+from vitlens.device import pick_device, use_bf16
 from vitlens.explain.snapshots import AttentionSnapshots
 from vitlens.io import save_torch, write_csv
 from vitlens.model.pixels import to_pixels
@@ -35,7 +35,7 @@ def start_run(params: Params, previous_run_id: str, device: torch.device,
         return run
     # train.precision as it resolved here (auto reads differently on another machine).
     tags = {"git_commit": commit, "device": str(device),
-            "precision": "bf16" if train_bf16(params.train.precision, device) else "fp32",
+            "precision": "bf16" if use_bf16(params.train.precision, device) else "fp32",
             "torch_version": torch.__version__, **runs.dvc_tags()}
     run = runs.create_run(params.tracking.experiment, os.environ.get("DVC_EXP_NAME"), tags)
     run.log_params(params.flat())

@@ -16,10 +16,10 @@ from vitlens.device import autocast
 
 @torch.no_grad()
 def split_logits(model: nn.Module, split: Split, norm: Normalizer, batch_size: int,
-                 device: torch.device, flip: bool = False, bf16: bool | None = None) -> Tensor:
+                 device: torch.device, *, bf16: bool, flip: bool = False) -> Tensor:
     """Logits (N, classes) in float32 on the CPU, in the order of the split; with `flip`,
-    the mean of each image's logits and its mirror's (test-time augmentation). `bf16`:
-    autocast as device.autocast does (None: on CUDA alone)."""
+    the mean of each image's logits and its mirror's (test-time augmentation). `bf16`: the
+    model's precision (device.use_bf16)."""
     model.eval()
     out = []
     for xb, _ in batches(split, batch_size):

@@ -20,7 +20,7 @@ from vitlens.data.cifar import TRAIN_IMAGES
 from vitlens.data.imageset import ImageSet
 from vitlens.data.normalize import Normalizer, channel_stats
 from vitlens.data.split import Split, batch_indices, split_train_val, to_device
-from vitlens.device import pick_device, precision_line, train_bf16
+from vitlens.device import pick_device, precision_line, use_bf16
 from vitlens.errors import VitlensError
 from vitlens.model.vit import ViT, build_model, train_flops_per_image
 from vitlens.tracking.runs import epoch_metrics
@@ -168,7 +168,7 @@ def setup(params: Params, data: ImageSet) -> Setup:
     gens = {"order": torch.Generator(device), "augment": torch.Generator(device)}
     return Setup(model, make_optimizer(model, t, device), train_split, val_split, norm, device,
                  steps_per_epoch, schedule, partial(smoothing_at, total=total, t=t), gens,
-                 EMA(model, t.ema) if t.ema else None, train_bf16(t.precision, device))
+                 EMA(model, t.ema) if t.ema else None, use_bf16(t.precision, device))
 
 
 def resume(s: Setup, state: dict | None) -> tuple[int, int, list[dict[str, float]]]:

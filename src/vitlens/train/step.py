@@ -110,10 +110,9 @@ def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> to
 
 def optimizer_step(fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor,
                    y: Tensor, t: TrainConfig, device: torch.device, *,
-                   label_smoothing: float | None = None,
-                   bf16: bool | None = None) -> tuple[Tensor, Tensor]:
-    """One step on (x, y): autocast forward through `fwd` (the model, maybe wrapped; bf16
-    as `device.autocast` decides unless given), label-smoothed loss in fp32
+                   bf16: bool, label_smoothing: float | None = None) -> tuple[Tensor, Tensor]:
+    """One step on (x, y): autocast forward through `fwd` (the model, maybe wrapped) in bf16
+    when `bf16` (device.use_bf16), label-smoothed loss in fp32
     (train.label_smoothing unless given), backward, clipping, AdamW; returns (loss,
     logits), left on the device: reading them is a host sync."""
     smoothing = t.label_smoothing if label_smoothing is None else label_smoothing
