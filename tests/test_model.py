@@ -52,11 +52,14 @@ def test_bf16_on_a_cpu_takes_the_explicit_attention_and_keeps_the_logits(monkeyp
         model(x)  # fp32 keeps the fused kernel
 
 
-def test_cls_only_last_block_matches_the_full_block():
+@pytest.mark.parametrize("lsa", [False, True])
+def test_cls_only_last_block_matches_the_full_block(lsa):
     """The fast path runs the last block for the CLS token alone; its logits and every
-    gradient must equal those of the explicit path, which runs it for all tokens."""
+    gradient must equal those of the explicit path, which runs it for all tokens. With
+    model.lsa the CLS query alone must still be kept from attending to itself, and its
+    learned scale get the full block's gradient."""
     torch.manual_seed(0)
-    model = tiny(depth=3)  # train mode, no dropout: both paths are deterministic
+    model = tiny(depth=3, lsa=lsa)  # train mode, no dropout: both paths are deterministic
     x = torch.randn(4, 3, 32, 32)
     runs = []
     for explicit in (False, True):
