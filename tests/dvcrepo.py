@@ -17,7 +17,7 @@ BIN = Path(sys.executable).parent
 PROJECT_FILES = ("dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "src")
 DVC_STAGES = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
 STAGES = list(DVC_STAGES)  # in file order, which is the order they run in
-PIPELINE = ["download", "train", "evaluate", "visualize", "faithfulness"]  # then maybe more
+PIPELINE = ["download", "train", "publish", "evaluate", "visualize", "faithfulness"]  # then maybe more
 # The stages that read the visualize stage's figures, so rerun when only those change.
 AFTER_FIGURES = [name for name, stage in DVC_STAGES.items()
                  if any(d.rstrip("/") == "reports/figures" or d.startswith("reports/figures/")

@@ -108,3 +108,22 @@ def test_stage_deps_include_the_files_its_command_reads(name):
     stage = DVC_YAML["stages"][name]
     reads = re.findall(r"--(?:data|model) (\S+)", stage["cmd"])
     assert set(reads) <= set(stage["deps"]), f"{name} reads {reads}, deps {stage['deps']}"
+
+
+# What training must never import: drawing, the explorer, the served model and the registry,
+# the commands, the CPU preset. Their edits would otherwise re-run a finished training.
+NOT_TRAINING = ("vitlens.plots", "vitlens.report", "vitlens.cli", "vitlens.model.pixels",
+                "vitlens.model.trained", "vitlens.tracking.registry", "vitlens.train.preset")
+
+
+def test_training_imports_no_drawing_serving_or_registry_code():
+    found = sorted(m for m in closure("vitlens.stages.train") if m.startswith(NOT_TRAINING))
+    assert not found, f"the train stage imports {found}: their edits would re-run training"
+
+
+def test_no_file_under_plots_report_or_cli_is_a_dependency_of_train():
+    """What `dvc status` reads: editing any of these files never lists train."""
+    deps = set(DVC_YAML["stages"]["train"]["deps"])
+    for folder in ("plots", "report", "cli"):
+        files = {rel(f) for f in (SRC / "vitlens" / folder).rglob("*") if f.is_file()}
+        assert files and not files & deps, f"train depends on {sorted(files & deps)}"

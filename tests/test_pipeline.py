@@ -55,6 +55,24 @@ def test_editing_a_figure_module_stales_the_figure_stages_not_training(repo, mod
     assert json.loads(dvc(repo, "status", "--json")) == {}
 
 
+@pytest.mark.parametrize("path", ["src/vitlens/plots/common.py", "src/vitlens/model/pixels.py",
+                                  "src/vitlens/tracking/registry.py", "src/vitlens/report/page.py",
+                                  "src/vitlens/cli/predict.py"])
+def test_drawing_serving_and_registry_edits_never_stale_training(repo, path):
+    """What `dvc status` lists after such an edit: the stages that draw, serve or register,
+    never train (the edits would throw a finished training away)."""
+    edited = repo / path
+    original = edited.read_text()
+    edited.write_text(original + "\n# an edit\n")
+    try:
+        stale = set(json.loads(dvc(repo, "status", "--json")))
+    finally:
+        edited.write_text(original)
+    assert "train" not in stale and "download" not in stale, stale
+    if path.endswith(("pixels.py", "registry.py", "common.py")):
+        assert "publish" in stale, stale
+
+
 def test_exp_run_records_metrics_and_reruns_only_what_changed(repo):
     """A train param reruns training and what reads the model (evaluate here, the rest left
     stale), never the download; a visualize param reruns the figures alone."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import CLASSES, registered_uri, run_cli
@@ -18,7 +19,6 @@ from vitlens.data.imageset import load_arrays
 from vitlens.model.pixels import to_pixels
 from vitlens.model.trained import load_trained
 from vitlens.pipeline.train import run_training
-from vitlens.tracking import runs
 
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -176,21 +176,27 @@ def test_overlays_one_png_per_picture(project, pictures, tmp_path, monkeypatch, 
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory, tiny_params_module, cifar_npz, mlflow_store):
-    """A train stage run whose Run.log_model is watched: the run's status right after it."""
+    """The train stage, then the publish stage with its log_model watched: the run's status
+    right after it, and what publish wrote."""
     from mlflow.tracking import MlflowClient
+
+    from vitlens.pipeline import publish
     root = tmp_path_factory.mktemp("staged")
     seen = {}
-    real = runs.Run.log_model
+    real = publish.log_model
 
-    def watched(self, *args, **kwargs):
-        uri = real(self, *args, **kwargs)
-        seen.update(uri=uri, status=MlflowClient().get_run(self.id).info.status)
+    def watched(run, *args, **kwargs):
+        uri = real(run, *args, **kwargs)
+        seen.update(uri=uri, status=MlflowClient().get_run(run.id).info.status)
         return uri
+    run_training(tiny_params_module, cifar_npz, root / "model.pt", root / "history.csv",
+                 root / "ckpt.pt")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_module.to_dict()))
     mp = pytest.MonkeyPatch()
-    mp.setattr(runs.Run, "log_model", watched)
+    mp.setattr(publish, "log_model", watched)
     try:
-        run_training(tiny_params_module, cifar_npz, root / "model.pt", root / "history.csv",
-                     root / "ckpt.pt")
+        seen["published"] = publish.run_publish(root / "params.yaml", root / "model.pt", cifar_npz,
+                                                root / "published.json")
     finally:
         mp.undo()
     rec = torch.load(root / "model.pt", weights_only=True)
@@ -208,11 +214,15 @@ def tiny_params_module(_params_raw, train_archive):
     return parse_params(raw)
 
 
-def test_logging_the_model_leaves_the_run_running_until_the_stage_ends(staged):
+def test_publish_registers_the_model_in_the_finished_training_run(staged):
+    """Publishing logs into the run training finished, and leaves it FINISHED."""
+    import json
+
     from mlflow.tracking import MlflowClient
-    _, run_id, seen = staged
-    assert seen["status"] == "RUNNING"
-    assert seen["uri"] == registered_uri(run_id)
+    root, run_id, seen = staged
+    assert seen["status"] == "FINISHED"
+    assert seen["uri"] == registered_uri(run_id) == seen["published"]["model_uri"]
+    assert json.loads((root / "published.json").read_text()) == {"run_id": run_id, "model_uri": seen["uri"]}
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
 
 

@@ -17,6 +17,7 @@ from vitlens.model.vit import train_flops_per_image
 from vitlens.pipeline import train as pipeline_train
 from vitlens.train import loop, step
 from vitlens.train.ema import EMA
+from vitlens.train.plan import plan_run
 
 
 def fit(params, cifar_npz, tmp_path):
@@ -48,7 +49,7 @@ def test_an_ema_run_trains_the_same_weights_and_validates_saves_their_average(
     assert ckpt["ema_updates"] == 2 * ((len(load_arrays(cifar_npz).y_train) - 40) // 32)  # 2 epochs of steps
     differ = [k for k, w in averaged.model.state_dict().items() if not torch.equal(w, ckpt["model"][k])]
     assert differ and all(torch.equal(averaged.model.state_dict()[k], v) for k, v in ckpt["ema"].items())
-    s = loop.setup(p, load_arrays(cifar_npz))
+    s = loop.setup(p, plan_run(p, load_arrays(cifar_npz)))
     s.final.load_state_dict(ckpt["ema"])  # what validation reads when train.ema is on
     assert loop.validate(s, load_arrays(cifar_npz).classes)[1] == averaged.history[-1]["val_acc"]
 

@@ -236,7 +236,8 @@ def test_stage_commands_import_the_code_beside_them(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == {"download", "train", "evaluate", "visualize", "faithfulness", "report"}
+    assert set(stages) == {"download", "train", "publish", "evaluate", "visualize", "faithfulness",
+                           "report"}
     by_prefix: dict[str, list[str]] = {}  # one interpreter per distinct command prefix
     for name, stage in stages.items():
         module = f"vitlens.stages.{name}"

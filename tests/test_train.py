@@ -6,10 +6,12 @@ import time
 import pytest
 import torch
 import torch._dynamo.utils
+import yaml
 
 from vitlens.data.imageset import load_arrays
 from vitlens.errors import VitlensError
 from vitlens.model.trained import load_trained
+from vitlens.pipeline.publish import run_publish
 from vitlens.pipeline.train import run_training
 from vitlens.train import checkpoint, loop, step
 
@@ -253,8 +255,13 @@ def test_mlflow_run_holds_params_metrics_and_model(tiny_params, cifar_npz, tmp_p
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
         [r["val_acc"] for r in rec["history"]]
     assert "history" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    logged = {"experiment_ids": [run.info.experiment_id],
+              "filter_string": f"source_run_id = '{run.info.run_id}'"}
+    assert client.search_logged_models(**logged) == []  # the publish stage logs the model
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params().to_dict()))
+    run_publish(params_file, tmp_path / "models" / "model.pt", cifar_npz, tmp_path / "published.json")
+    models = client.search_logged_models(**logged)
     assert len(models) == 1
     assert models[0].artifact_location.startswith((mlflow_store / "mlartifacts").as_uri())
 
@@ -361,10 +368,17 @@ def test_snapshots_keep_every_epoch_and_survive_a_resume(tiny_params, cifar_npz,
     torch.testing.assert_close(resumed["rollout"], straight["rollout"])
 
 
-def test_snapshots_are_logged_as_a_stepped_image(tiny_params, cifar_npz, tmp_path, mlflow_store):
+def test_publish_logs_the_snapshots_as_a_stepped_image(tiny_params, cifar_npz, tmp_path, mlflow_store):
+    """Training logs no image (it draws nothing); the publish stage draws one per epoch."""
     from mlflow.tracking import MlflowClient
 
-    rec = stage(tiny_params(**{"train.epochs": 2}), cifar_npz, tmp_path)
+    p = tiny_params(**{"train.epochs": 2, "tracking.log_model": False})
+    rec = stage(p, cifar_npz, tmp_path)
+    assert not MlflowClient().list_artifacts(rec["mlflow_run_id"], "images")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(p.to_dict()))
+    published = run_publish(params_file, tmp_path / "models" / "model.pt", cifar_npz, tmp_path / "published.json")
+    assert published == {"run_id": rec["mlflow_run_id"], "model_uri": None}
     paths = [a.path for a in MlflowClient().list_artifacts(rec["mlflow_run_id"], "images")]
     # MLflow names them images/<key, / as ~>+step+<step>+timestamp+...png (plus a thumbnail)
     steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in paths
@@ -395,3 +409,15 @@ def test_the_gpu_sized_default_on_a_cpu_says_so_before_training(params_dict, cap
         params_dict[section][name] = value
     warn_if_gpu_sized(parse_params(params_dict), torch.device("cpu"), 50_000)
     assert capsys.readouterr().out == ""
+
+
+def test_the_warnings_constant_is_the_cpu_presets_flops_per_image(params_dict):
+    """pipeline/train keeps the preset's size as a number (the preset is no dependency of
+    training); it must stay the preset model's FLOPs per image."""
+    from vitlens.config import parse_params
+    from vitlens.model.vit import train_flops_per_image
+    from vitlens.pipeline.train import CPU_PRESET_FLOPS_PER_IMAGE
+    from vitlens.train import preset
+
+    cpu = preset.apply(parse_params(params_dict), preset.MODEL)
+    assert CPU_PRESET_FLOPS_PER_IMAGE == pytest.approx(train_flops_per_image(cpu.model), rel=0.01)

@@ -1,8 +1,8 @@
 """Attention through training: after every epoch, the rollout and last-layer CLS maps of a
-fixed set of validation images, kept in the checkpoint (a resumed run keeps them), in the
-model file (the explorer's epoch slider reads them) and in MLflow as a stepped image (the
-MLflow UI's image slider). One explicit pass over a few images per epoch: no host sync on
-the training step's hot path."""
+fixed set of validation images, kept as arrays in the checkpoint (a resumed run keeps them)
+and in the model file: the explorer's epoch slider reads them, and the publish stage draws
+them into MLflow's image slider. Nothing here draws: drawing edits never re-run training.
+One explicit pass over a few images per epoch: no host sync on the training step's hot path."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,19 +12,15 @@ import torch
 from torch import Tensor
 
 from vitlens.data.normalize import Normalizer
-from vitlens.explain.attention import upsample_map
 from vitlens.explain.maps import compute_maps
 from vitlens.model.vit import ViT
-from vitlens.plots.common import overlay_strip
-
-IMAGE_KEY = "attention/rollout"  # the MLflow image key: one image per epoch, a step slider
 
 
 class AttentionSnapshots:
     """The training loop's epoch hook (vitlens.train.loop.EpochHook)."""
 
-    def __init__(self, images: np.ndarray, truth: list[int], *, run: Any = None):
-        self.images, self.truth, self.run = images, truth, run  # images: uint8 (n, 3, S, S)
+    def __init__(self, images: np.ndarray, truth: list[int]):
+        self.images, self.truth = images, truth  # images: uint8 (n, 3, S, S)
         self.epochs: list[int] = []
         self.rollout: list[Tensor] = []  # per epoch (n, g, g) float16
         self.heads: list[Tensor] = []  # per epoch (n, heads, g, g) float16
@@ -37,9 +33,6 @@ class AttentionSnapshots:
         self.epochs.append(epoch)
         self.rollout.append(maps.rollout.half().cpu())
         self.heads.append(maps.heads.half().cpu())
-        if self.run is not None:
-            up = upsample_map(maps.rollout.float().cpu(), self.images.shape[-1]).numpy()
-            self.run.log_image(overlay_strip(self.images, up), key=IMAGE_KEY, step=epoch)
 
     def state(self) -> dict[str, Any]:
         """What the checkpoint and the model file keep, under "snapshots"."""

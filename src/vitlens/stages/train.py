@@ -1,5 +1,7 @@
 """DVC stage `train`: data/cifar10.npz -> models/model.pt + per-epoch history
-(reads data.val_size, data.val_seed, data.train_subset, model.*, train.*, tracking.*)."""
+(reads data.val_size, data.val_seed, data.train_subset, model.*, train.*, tracking.enabled;
+tracking.experiment names where a new run is filed, not what trains, so it is no dependency:
+a new name takes effect at the next training)."""
 from __future__ import annotations
 
 import argparse

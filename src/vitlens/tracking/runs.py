@@ -24,7 +24,7 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from vitlens.errors import VitlensError, first_line, uninterruptible  # noqa: E402
+from vitlens.errors import VitlensError, first_line  # noqa: E402
 from vitlens.tracking.retry import retry, unreachable  # noqa: E402
 
 
@@ -70,7 +70,7 @@ class Run:
         self.client, self.id = client, run_id
         self.lost: list[str] = []  # what was not logged since the store became unreachable
 
-    def _log(self, what: str, call: Callable[[], Any]) -> Any:
+    def attempt(self, what: str, call: Callable[[], Any]) -> Any:
         """`call()`, unless the store has been unreachable before; an unreachable store is
         noted, not raised, so a long training outlives its tracking server."""
         if not self.lost:
@@ -88,7 +88,7 @@ class Run:
         from mlflow.entities import Param
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self._log("params", partial(retry, self.client.log_batch, self.id,
+            self.attempt("params", partial(retry, self.client.log_batch, self.id,
                                         params=items[i:i + 100]))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -96,57 +96,17 @@ class Run:
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
         what = f"epoch {step} metrics" if step else "metrics"
-        self._log(what, lambda: retry(self.client.log_batch, self.id, metrics=items))
+        self.attempt(what, lambda: retry(self.client.log_batch, self.id, metrics=items))
 
     def log_artifact(self, path: str | os.PathLike, artifact_dir: str) -> None:
-        self._log(f"{artifact_dir}/{Path(path).name}",
+        self.attempt(f"{artifact_dir}/{Path(path).name}",
                   lambda: retry(self.client.log_artifact, self.id, str(path), artifact_dir))
 
     def log_image(self, image: Any, *, key: str, step: int) -> None:
         """A uint8 (H, W, 3) array as the `key` image of `step`: the MLflow UI shows a slider."""
-        self._log(f"image {key} of step {step}",
+        self.attempt(f"image {key} of step {step}",
                   lambda: retry(self.client.log_image, self.id, image, key=key, step=step,
                                  synchronous=True))
-
-    def log_model(self, model: Any, example: Any, *, classes: list[str],
-                  registered_model: str) -> str | None:
-        """Log `model` (a CPU module in eval mode) in MLflow's pt2 format, with `example` (a
-        numpy batch) as its input example and the signature `example` -> output; register it
-        under `registered_model` unless that is empty. Returns the URI to load it by
-        (`models:/<name>/<version>` when registered), None if the store is unreachable.
-
-        pip requirements are given so MLflow does not infer them (slow, and it may try the
-        network); `classes` go into the model's metadata to name the output columns."""
-        import mlflow
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import infer_signature
-
-        with torch.no_grad():
-            out = model(torch.from_numpy(example)).numpy()
-        pins = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
-
-        def log() -> Any:
-            # No `mlflow.start_run`, whose exit would mark the run FINISHED mid-stage: the
-            # model is created in the run's experiment (without an active run MLflow would
-            # pick the default one) and run_id goes through to mlflow.models.Model.log.
-            run = retry(self.client.get_run, self.id)
-            with uninterruptible():
-                logged = mlflow.initialize_logged_model(
-                    name="model", source_run_id=self.id, experiment_id=run.info.experiment_id,
-                    params=dict(run.data.params))
-                return mlflow.pytorch.log_model(
-                    model, name="model", signature=infer_signature(example, out),
-                    input_example=example, pip_requirements=pins,
-                    metadata={"classes": list(classes)},
-                    registered_model_name=registered_model or None, model_id=logged.model_id,
-                    run_id=self.id)
-        info = self._log("the model", log)
-        if info is None:
-            return None
-        if registered_model:
-            return f"models:/{registered_model}/{info.registered_model_version}"
-        return str(info.model_uri)
 
     def reopen(self) -> None:
         """Mark a resumed run RUNNING again (it was left KILLED or FAILED) and point its DVC
@@ -168,7 +128,7 @@ class Run:
                 self.log_metrics(epoch_metrics(row), step=int(row["epoch"]))
 
     def finish(self, status: str) -> None:
-        self._log(f"status {status}", lambda: retry(self.client.set_terminated, self.id, status))
+        self.attempt(f"status {status}", lambda: retry(self.client.set_terminated, self.id, status))
         if self.lost:
             print(f"warning: not logged to MLflow run {self.id} at {tracking_uri()}: "
                   f"{', '.join(self.lost)}", file=sys.stderr, flush=True)

@@ -19,15 +19,15 @@ from vitlens.config import Params, TrainConfig
 from vitlens.data.cifar import TRAIN_IMAGES
 from vitlens.data.imageset import ImageSet
 from vitlens.data.normalize import Normalizer, channel_stats
-from vitlens.data.split import Split, batch_indices, split_train_val, to_device
-from vitlens.device import pick_device, precision_line, use_bf16
-from vitlens.errors import VitlensError
+from vitlens.data.split import Split, batch_indices, to_device
+from vitlens.device import precision_line
 from vitlens.model.vit import ViT, build_model, train_flops_per_image
 from vitlens.tracking.runs import epoch_metrics
 from vitlens.train.checkpoint import checkpoint_digest, checkpoint_state, save_checkpoint
 from vitlens.train.distributed import Dist
 from vitlens.train.ema import EMA
 from vitlens.train.evaluation import evaluate_logits, split_logits
+from vitlens.train.plan import Plan, plan_run
 from vitlens.train.step import (
     EpochStats,
     batch_maker,
@@ -121,13 +121,8 @@ def device_splits(params: Params, data: ImageSet,
                   device: torch.device) -> tuple[Split, Split, Normalizer]:
     """The training and validation splits of `params` on `device`, and the normaliser of
     the training split's statistics."""
-    d, t = params.data, params.train
-    (xtr, ytr), (xval, yval) = split_train_val(data, val_size=d.val_size, seed=d.val_seed,
-                                               subset=d.train_subset)
-    if len(ytr) < t.batch_size:
-        raise VitlensError(f"train.batch_size={t.batch_size} must be <= the {len(ytr)} "
-                           "training images left after the validation split and subset")
-    return to_device(xtr, ytr, device), to_device(xval, yval, device), Normalizer(*channel_stats(xtr))
+    p = plan_run(params, data, device)
+    return to_device(*p.train, device), to_device(*p.val, device), Normalizer(*channel_stats(p.train[0]))
 
 
 @dataclass
@@ -153,22 +148,22 @@ class Setup:
         return cast(ViT, self.ema.model) if self.ema is not None else self.model
 
 
-def setup(params: Params, data: ImageSet) -> Setup:
-    """Device, threads, splits on the device, a freshly initialised model and its optimizer."""
-    t = params.train
-    device = pick_device(t.device)
+def setup(params: Params, plan: Plan) -> Setup:
+    """Threads, the plan's splits on its device, a freshly initialised model and its optimizer."""
+    t, device = params.train, plan.device
     if t.threads:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
-    train_split, val_split, norm = device_splits(params, data, device)
-    model = build_model(params.model, len(data.classes)).to(device)
+    train_split, val_split = to_device(*plan.train, device), to_device(*plan.val, device)
+    norm = Normalizer(*channel_stats(plan.train[0]))
+    model = build_model(params.model, len(plan.classes)).to(device)
     steps_per_epoch = len(train_split) // t.batch_size
     total, warmup = steps_per_epoch * t.epochs, round(steps_per_epoch * t.warmup_epochs)
     schedule = partial(lr_at, total=total, warmup=warmup, lr=t.lr, min_lr=t.min_lr)
     gens = {"order": torch.Generator(device), "augment": torch.Generator(device)}
     return Setup(model, make_optimizer(model, t, device), train_split, val_split, norm, device,
                  steps_per_epoch, schedule, partial(smoothing_at, total=total, t=t), gens,
-                 EMA(model, t.ema) if t.ema else None, use_bf16(t.precision, device))
+                 EMA(model, t.ema) if t.ema else None, plan.bf16)
 
 
 def resume(s: Setup, state: dict | None) -> tuple[int, int, list[dict[str, float]]]:
@@ -208,9 +203,10 @@ def epoch_line(row: dict[str, float], epochs: int, eta_s: float) -> str:
 def train(params: Params, data: ImageSet, *, checkpoint: Path, state: dict | None = None,
           dist: Dist | None = None, run: Any = None,
           wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
-          hook: EpochHook | None = None) -> TrainResult:
+          hook: EpochHook | None = None, plan: Plan | None = None) -> TrainResult:
     """Train the ViT described by `params` on `data`, continuing from `state` (a checkpoint
     from load_checkpoint) when given, and checkpointing to `checkpoint` after every epoch.
+    `plan` is the run's device, precision and splits as the caller decided them (plan_run).
 
     `run` (a tracking.Run or None) receives per-epoch metrics; `wrap` wraps the model for
     the forward/backward pass (DistributedDataParallel); only the main process writes, and
@@ -218,7 +214,8 @@ def train(params: Params, data: ImageSet, *, checkpoint: Path, state: dict | Non
     """
     dist = dist or Dist()
     t = params.train
-    s = setup(params, data)
+    plan = plan or plan_run(params, data)
+    s = setup(params, plan)
     start_epoch, step, history = resume(s, state)
     if dist.main:
         print(precision_line(s.bf16, s.device), flush=True)
@@ -242,7 +239,7 @@ def train(params: Params, data: ImageSet, *, checkpoint: Path, state: dict | Non
                                        s.steps_per_epoch * t.epochs if first else None)
         train_loss, train_acc = stats.result(dist)
         train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = validate(s, data.classes)
+        val_loss, val_acc = validate(s, plan.classes)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
                "epoch_seconds": time.perf_counter() - t0,
