@@ -360,23 +360,6 @@ def test_predict_writes_the_explorer_of_the_good_pictures(project, tmp_path, cap
     assert doc["images"]["attention"]["shape"][:3] == [2, layers, heads]
 
 
-def test_the_gallery_is_class_balanced_and_keeps_mistakes():
-    from vitlens.pipeline.report import choose_gallery
-
-    rng = np.random.default_rng(0)
-    candidates = rng.permutation(1000)[:400]
-    truth = rng.integers(0, 10, 400)
-    pred = np.where(rng.random(400) < 0.7, truth, (truth + 1) % 10)
-    chosen = choose_gallery(pred, truth, candidates, 64, 10)
-    pos = {c: i for i, c in enumerate(candidates)}
-    t, p = truth[[pos[c] for c in chosen]], pred[[pos[c] for c in chosen]]
-    assert len(chosen) == 64 == len(set(chosen.tolist()))
-    assert sorted(np.bincount(t, minlength=10).tolist()) == [6] * 6 + [7] * 4
-    for c in range(10):  # half of each class's slots are mistakes (there are enough of them)
-        assert ((t == c) & (p != c)).sum() == (t == c).sum() // 2
-    assert [pos[c] for c in chosen] == sorted(pos[c] for c in chosen)  # in the candidates' order
-
-
 def test_the_report_stage_writes_the_explorer_and_logs_it(project, cifar_npz, tmp_path, mlflow_store):
     from mlflow.tracking import MlflowClient
 
@@ -394,3 +377,4 @@ def test_the_report_stage_writes_the_explorer_and_logs_it(project, cifar_npz, tm
     assert len(doc["facts"]["history"]) == 3
     run_id = load_trained(project / "models/model.pt", "cpu").run_id
     assert [a.path for a in MlflowClient().list_artifacts(run_id, "explorer")] == ["explorer/index.html"]
+

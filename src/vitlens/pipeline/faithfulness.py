@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vitlens.config import FaithfulnessConfig, load_params
+from vitlens.data.choice import seeded_sample
 from vitlens.data.imageset import ImageSet, load_arrays
 from vitlens.errors import VitlensError
 from vitlens.explain.attention import upsample_map
@@ -24,11 +25,10 @@ from vitlens.plots.common import save_figure
 
 
 def choose_images(cfg: FaithfulnessConfig, n_test: int) -> np.ndarray:
-    """faithfulness.images test indices, a seeded random choice (not the first N: the test
-    set's order is not guaranteed to be shuffled)."""
+    """faithfulness.images test indices, a seeded random choice (`seeded_sample`)."""
     if cfg.images > n_test:
         raise VitlensError(f"faithfulness.images={cfg.images} must be <= the {n_test} test images")
-    return np.random.default_rng(cfg.seed).permutation(n_test)[:cfg.images]
+    return seeded_sample(n_test, cfg.images, cfg.seed)
 
 
 def curve_rows(fraction: np.ndarray, means: dict[str, dict[str, np.ndarray]]) -> list[dict[str, float]]:

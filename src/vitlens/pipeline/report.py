@@ -13,28 +13,11 @@ import torch
 import yaml
 
 from vitlens.config import ReportConfig, load_params, parse_params
+from vitlens.data.choice import POOL_PER_IMAGE, right_and_wrong, seeded_sample
 from vitlens.data.imageset import load_arrays
 from vitlens.model.trained import Trained, load_trained
 from vitlens.report import data as explorer
 from vitlens.report.page import write_explorer
-
-POOL_PER_IMAGE = 20  # test images scanned per gallery slot, enough to find mistakes per class
-
-
-def choose_gallery(pred: np.ndarray, truth: np.ndarray, candidates: np.ndarray, n: int,
-                   classes: int) -> np.ndarray:
-    """`n` of `candidates` (in their order), balanced over the true classes; within a class up
-    to half are mistakes when there are any, so the gallery shows where the model fails."""
-    quota = [n // classes + (c < n % classes) for c in range(classes)]
-    chosen: list[int] = []
-    for c, q in enumerate(quota):
-        mine = truth == c
-        wrong, right = candidates[mine & (pred != truth)], candidates[mine & (pred == truth)]
-        n_wrong = min(len(wrong), q // 2)
-        n_right = min(len(right), q - n_wrong)
-        n_wrong = min(len(wrong), q - n_right)
-        chosen += [*wrong[:n_wrong], *right[:n_right]]
-    return np.array(sorted(chosen, key=list(candidates).index), dtype=np.int64)
 
 
 def predictions(trained: Trained, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -75,13 +58,13 @@ def run_report(params_path: str | Path, model_path: Path, data_path: Path, out: 
     trained = load_trained(model_path)
     data = load_arrays(data_path)
     n_test, k = len(data.y_test), len(data.classes)
-    rng = np.random.default_rng(cfg.seed)
-    pool = rng.permutation(n_test)[:min(n_test, POOL_PER_IMAGE * cfg.images)]
+    pool = seeded_sample(n_test, min(n_test, POOL_PER_IMAGE * cfg.images), cfg.seed)
     pred = predictions(trained, data.x_test[pool], cfg.batch_size)
-    chosen = choose_gallery(pred, data.y_test[pool], pool, cfg.images, k)
+    picked = right_and_wrong(pred, data.y_test[pool], cfg.images, classes=k)  # class-balanced
+    chosen = pool[picked]
     layers = selected(cfg.layers, len(trained.vit.blocks))
     heads = selected(cfg.heads, trained.params["model"]["heads"])
-    means_idx = rng.permutation(n_test)[:min(n_test, cfg.class_images)]
+    means_idx = seeded_sample(n_test, min(n_test, cfg.class_images), cfg.seed, draw=1)
     doc = explorer.document(
         trained, title=f"vitlens run {trained.run_id or '(untracked)'}", kind="run",
         gallery=explorer.gallery(trained, data.x_test[chosen], [f"test #{i}" for i in chosen],
@@ -100,6 +83,6 @@ def run_report(params_path: str | Path, model_path: Path, data_path: Path, out: 
         run.log_artifact(out, "explorer")
     seconds = time.perf_counter() - t0
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): {len(chosen)} test images "
-          f"({int((pred[np.isin(pool, chosen)] != data.y_test[pool][np.isin(pool, chosen)]).sum())} "
-          f"mistakes), class means over {len(means_idx)} in {seconds:.1f}s")
+          f"({int((pred[picked] != data.y_test[chosen]).sum())} mistakes), "
+          f"class means over {len(means_idx)} in {seconds:.1f}s")
     return {"images": len(chosen), "bytes": out.stat().st_size, "seconds": seconds}

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from vitlens.config import VisualizeConfig, load_params
+from vitlens.data.choice import POOL_PER_IMAGE, right_and_wrong, seeded_sample
 from vitlens.data.imageset import load_arrays
 from vitlens.errors import VitlensError
 from vitlens.explain.attention import upsample_map
@@ -18,20 +19,16 @@ from vitlens.plots import figures
 from vitlens.plots.common import save_figure
 from vitlens.train.evaluation import softmax_confidence
 
-CANDIDATES_PER_IMAGE = 20  # test images scanned per figure slot, enough to find wrong predictions
 DISTANCE_BATCH = 128  # images per pass of the mean attention distance (a memory bound)
 
 
 def select_examples(pred: np.ndarray, truth: np.ndarray, candidates: np.ndarray,
                     num: int) -> np.ndarray:
-    """Half right and half wrong predictions among `candidates` (in their order), when both
-    exist, so the figures show where the model fails as well as where it succeeds."""
-    right = candidates[pred == truth]
-    wrong = candidates[pred != truth]
-    n_wrong = min(len(wrong), num // 2)
-    n_right = min(len(right), num - n_wrong)
-    n_wrong = min(len(wrong), num - n_right)
-    return np.concatenate([right[:n_right], wrong[:n_wrong]])
+    """`num` of `candidates`, half right and half wrong predictions when both exist
+    (`right_and_wrong`, no class balance: a few figure slots over ten classes would leave no
+    room for a mistake), the right ones first, as the figures show them."""
+    pos = right_and_wrong(pred, truth, num)
+    return candidates[pos[np.argsort(pred[pos] != truth[pos], kind="stable")]]
 
 
 def candidate_indices(cfg: VisualizeConfig, n_test: int) -> np.ndarray:
@@ -41,8 +38,7 @@ def candidate_indices(cfg: VisualizeConfig, n_test: int) -> np.ndarray:
         if bad:
             raise VitlensError(f"visualize.indices={bad} out of range 0-{n_test - 1}")
         return np.array(cfg.indices)
-    pool = min(n_test, CANDIDATES_PER_IMAGE * cfg.num_images)
-    return np.random.default_rng(cfg.seed).permutation(n_test)[:pool]
+    return seeded_sample(n_test, min(n_test, POOL_PER_IMAGE * cfg.num_images), cfg.seed)
 
 
 def choose_images(trained: Trained, x_test: np.ndarray, y_test: np.ndarray,
