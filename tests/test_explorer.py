@@ -378,3 +378,46 @@ def test_the_report_stage_writes_the_explorer_and_logs_it(project, cifar_npz, tm
     run_id = load_trained(project / "models/model.pt", "cpu").run_id
     assert [a.path for a in MlflowClient().list_artifacts(run_id, "explorer")] == ["explorer/index.html"]
 
+
+def commit_params(repo: Path, raw: dict) -> None:
+    """`raw` as params.yaml, committed in a new git repository at `repo`."""
+    import subprocess
+
+    import yaml
+
+    repo.mkdir(parents=True, exist_ok=True)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for cmd in (["init", "-q"], ["add", "params.yaml"], ["commit", "-q", "-m", "params"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True, capture_output=True)
+
+
+def test_a_committed_params_yaml_from_before_a_key_skips_the_diff(project, cifar_npz, tmp_path,
+                                                                    monkeypatch, capsys):
+    """The committed params.yaml (the diff's defaults) may lack a key a newer commit of the
+    code added: the report page is still written, without the diff."""
+    import copy
+
+    import yaml
+
+    from vitlens.pipeline.report import default_params, run_report
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    commit_params(tmp_path / "good", raw)
+    assert default_params(tmp_path / "good") == raw  # a git checkout with valid params: the defaults
+    older = copy.deepcopy(raw)
+    del older["report"]["class_images"]
+    commit_params(tmp_path / "old", older)
+    assert default_params(tmp_path / "old") is None
+    assert "no params diff: the committed params.yaml does not parse (report.class_images is missing)" \
+        in capsys.readouterr().out
+
+    mine = copy.deepcopy(raw)
+    mine["tracking"]["enabled"] = False
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(mine, sort_keys=False))
+    monkeypatch.chdir(tmp_path / "old")  # the stage reads the committed params.yaml of its cwd
+    out = tmp_path / "explorer" / "index.html"
+    run_report(params, project / "models/model.pt", cifar_npz, out)
+    doc = explorer_doc(out)
+    assert doc["facts"]["params_diff"] is None and len(doc["images"]["labels"]) == 12

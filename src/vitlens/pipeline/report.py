@@ -12,9 +12,10 @@ import numpy as np
 import torch
 import yaml
 
-from vitlens.config import ReportConfig, load_params, parse_params
+from vitlens.config import ConfigError, ReportConfig, load_params, parse_params
 from vitlens.data.choice import POOL_PER_IMAGE, right_and_wrong, seeded_sample
 from vitlens.data.imageset import load_arrays
+from vitlens.errors import first_line
 from vitlens.model.trained import Trained, load_trained
 from vitlens.report import data as explorer
 from vitlens.report.page import write_explorer
@@ -30,12 +31,16 @@ def predictions(trained: Trained, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def default_params(root: Path) -> dict[str, Any] | None:
     """The committed params.yaml (the defaults an experiment's -S changes depart from), or None
-    outside a git checkout."""
+    outside a git checkout or when it does not parse (a commit from before a key was added:
+    the page then skips the diff instead of the stage failing)."""
     try:
         text = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True,
                               text=True, timeout=10, check=True).stdout
         return parse_params(yaml.safe_load(text)).to_dict()
-    except (OSError, subprocess.SubprocessError, ValueError):
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        return None  # not a git checkout, or no params.yaml committed
+    except (yaml.YAMLError, ConfigError) as e:
+        print(f"no params diff: the committed params.yaml does not parse ({first_line(e)})")
         return None
 
 
