@@ -17,6 +17,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy or torch is imported
 
+import contextlib  # noqa: E402
 import copy  # noqa: E402
 import gzip  # noqa: E402
 import hashlib  # noqa: E402
@@ -26,9 +27,14 @@ import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NamedTuple  # noqa: E402
 
@@ -172,6 +178,77 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Served:
+    """A server process that `serve_and_wait` started, in its own process group, with its
+    stdout and stderr in the file `log`."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path):
+        self.proc, self.log = proc, log
+
+    def output(self, last: int = 3000) -> str:
+        """The last `last` characters the process wrote."""
+        return self.log.read_text(errors="replace")[-last:]
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM to the whole process group (a server's workers too), SIGKILL if it is
+        not gone in `timeout_s`. Safe to call again, and on a process that has exited."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):  # the group is gone
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+                return
+            except subprocess.TimeoutExpired:
+                if sig == signal.SIGKILL:
+                    raise
+
+
+@contextlib.contextmanager
+def serve_and_wait(cmd: Sequence[str], url: str, timeout_s: float,
+                   env: Mapping[str, str] | None = None,
+                   log: str | Path | None = None) -> Iterator[Served]:
+    """Start the server `cmd` (`env` added to this process's environment) and poll `url`
+    until it answers 2xx; yield it as a `Served`. A server that exits, or that does not
+    answer within `timeout_s`, fails the test with the end of its output. However the block
+    ends, the server's whole process group is stopped. Its output goes to the file `log`,
+    or to a temporary file removed afterwards."""
+    owned = log is None
+    if owned:
+        fd, name = tempfile.mkstemp(prefix="server-", suffix=".log")
+        os.close(fd)
+        log = name
+    log = Path(log)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+    served = Served(proc, log)
+    try:
+        deadline, last = time.monotonic() + timeout_s, "no attempt"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if 200 <= resp.status < 300:
+                        break
+                    last = f"status {resp.status}"
+            except urllib.error.HTTPError as e:
+                last = f"status {e.code}"
+                e.close()
+            except OSError as e:  # refused, reset, timed out
+                last = repr(e)
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[0]} exited with status {proc.returncode} before {url} "
+                            f"answered:\n{served.output()}", pytrace=False)
+            if time.monotonic() >= deadline:
+                pytest.fail(f"{url} did not answer in {timeout_s:g} s ({last}):\n"
+                            f"{served.output()}", pytrace=False)
+            time.sleep(0.5)
+        yield served
+    finally:
+        served.stop()
+        if owned:
+            log.unlink(missing_ok=True)
 
 
 def registered_uri(run_id: str, client: Any = None, name: str = "vitlens-cifar10") -> str:

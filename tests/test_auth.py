@@ -1,15 +1,12 @@
 """A team server with authentication (mlflow server --app-name basic-auth) on 127.0.0.1: a
 request without credentials gets 401, the tracking code turns missing, wrong or unpermitted
 credentials into one line before any training, and the right ones log a run."""
-import os
-import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
-from conftest import copy_store, free_port
+from conftest import copy_store, free_port, serve_and_wait
 
 pytest.importorskip("flask_wtf", reason="the auth app needs mlflow[auth] (Flask-WTF)")
 pytestmark = pytest.mark.slow
@@ -24,27 +21,15 @@ def server(tmp_path_factory, migrated_db):
                    "admin_username = admin\nauthorization_function = "
                    "mlflow.server.auth:authenticate_request_basic_auth\n")
     port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{copy_store(migrated_db, root)}",
-                             "--artifacts-destination", str(root / "artifacts")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{copy_store(migrated_db, root)}",
+           "--artifacts-destination", str(root / "artifacts")]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the auth server did not start in 90 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serve_and_wait(cmd, f"{url}/health", 90, env=env, log=root / "server.log"):
+        yield url
 
 
 @pytest.fixture

@@ -2,27 +2,25 @@
 (SQLite backend, artifacts proxied through it) that the pipeline logs to, and survives losing.
 
 Each server runs on a free 127.0.0.1 port in its own process group, is waited for with a
-deadline, and is killed in a `finally`, whatever the test does.
+deadline, and is stopped however the test ends (conftest.serve_and_wait).
 """
 import base64
-import contextlib
 import copy
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES, copy_store, free_port, registered_uri, shrink, write_params
+from conftest import CLASSES, Served, copy_store, free_port, registered_uri, serve_and_wait, shrink, write_params
 from vitlens.cli.models import FileModel
 from vitlens.cli.predict import run_predict
 from vitlens.config import parse_params
@@ -39,6 +37,8 @@ BIN = Path(sys.executable).parent
 # MLflow's HTTP client retries a lost server for minutes by default (7 retries, exponential
 # backoff, 120 s per request): a lost server must cost seconds here.
 FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# The servers find the venv's commands (mlflow models serve runs `python`, `gunicorn`...).
+SERVER_ENV = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def get(url: str, timeout: float = 5) -> int:
@@ -55,49 +55,6 @@ def post(url: str, body: bytes, content_type: str = "application/json") -> tuple
         return e.code, e.read().decode()
 
 
-class Server:
-    """A server command in its own process group, its output in a log file."""
-
-    def __init__(self, cmd: list[str], port: int, log: Path):
-        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-               "MLFLOW_DISABLE_TELEMETRY": "true"}
-        self.base, self.log = f"http://127.0.0.1:{port}", log
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-
-    def wait_up(self, path: str, deadline_s: float = 120) -> None:
-        deadline = time.monotonic() + deadline_s
-        while True:
-            try:
-                get(self.base + path, timeout=2)
-                return
-            except OSError:
-                assert self.proc.poll() is None, f"server exited:\n{self.log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"no answer in {deadline_s} s:\n" \
-                                                    f"{self.log.read_text()[-3000:]}"
-                time.sleep(0.5)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-
-
-@contextlib.contextmanager
-def serving(cmd: list[str], port: int, log: Path, ping: str) -> Iterator[Server]:
-    server = Server(cmd, port, log)
-    try:
-        server.wait_up(ping)
-        yield server
-    finally:
-        server.kill()
-
-
 def test_served_model_answers_plain_pixels_as_predict_does(project, cifar_npz, tmp_path):
     from PIL import Image
     pixels = to_pixels(load_arrays(cifar_npz).x_test[:2])  # (2, 32, 32, 3) uint8
@@ -107,10 +64,11 @@ def test_served_model_answers_plain_pixels_as_predict_does(project, cifar_npz, t
                            [tmp_path], top_k=10)
     run_id = torch.load(project / "models/model.pt", weights_only=True)["mlflow_run_id"]
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", registered_uri(run_id),
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    with serving(cmd, port, tmp_path / "serve.log", "/ping") as server:
-        url = server.base + "/invocations"
+    with serve_and_wait(cmd, base + "/ping", 120, env=SERVER_ENV, log=tmp_path / "serve.log"):
+        url = base + "/invocations"
         status, body = post(url, json.dumps({"inputs": pixels.tolist()}).encode())
         assert status == 200, body
         probs = np.array(json.loads(body)["predictions"])  # (2, 10)
@@ -129,7 +87,7 @@ def test_served_model_answers_plain_pixels_as_predict_does(project, cifar_npz, t
         for what, request in malformed.items():
             status, body = post(url, request)
             assert 400 <= status < 500, f"{what}: {status} {body[:300]}"
-            assert get(server.base + "/ping") == 200, what
+            assert get(base + "/ping") == 200, what
         status, body = post(url, json.dumps({"instances": pixels.tolist()}).encode())
         assert status == 200 and np.allclose(json.loads(body)["predictions"], probs)
 
@@ -149,9 +107,10 @@ def test_vitlens_serve_keeps_up_and_answers_pictures_as_predict_does(project, ci
                            top_k=10)
     run_id = torch.load(project / "models/model.pt", weights_only=True)["mlflow_run_id"]
     uri, port = registered_uri(run_id), free_port()
+    base = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "vitlens"), "serve", "--model-uri", uri, "--port", str(port)]
-    with serving(cmd, port, tmp_path / "serve.log", "/ping") as server:
-        url = server.base + "/invocations"
+    with serve_and_wait(cmd, base + "/ping", 120, env=SERVER_ENV, log=tmp_path / "serve.log"):
+        url = base + "/invocations"
         encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
         status, body = post(url, json.dumps({"images": encoded}).encode())
         assert status == 200, body
@@ -185,24 +144,31 @@ def test_vitlens_serve_keeps_up_and_answers_pictures_as_predict_does(project, ci
     assert "400 images[0]: not base64" in (tmp_path / "serve.log").read_text()
 
 
+class TeamServer(NamedTuple):
+    base: str
+    artifacts: Path  # where the server stores the artifacts proxied through it
+    served: Served
+
+
 @pytest.fixture(scope="module")
-def team_server(tmp_path_factory, migrated_db) -> Iterator[Server]:
+def team_server(tmp_path_factory, migrated_db) -> Iterator[TeamServer]:
     """A team tracking server: SQLite backend, artifacts proxied through it to a folder
-    beside its log (`server.log.parent / "artifacts"`). One per module, started once: the test that loses it
-    comes last."""
+    of its own. One per module, started once: the test that loses it comes last."""
     root = tmp_path_factory.mktemp("server")
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "mlflow"), "server",
            "--backend-store-uri", f"sqlite:///{copy_store(migrated_db, root)}",
            "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with pytest.MonkeyPatch.context() as mp, \
-            serving(cmd, port, root / "server.log", "/health") as server:
-        mp.setenv("MLFLOW_TRACKING_URI", server.base)
+            serve_and_wait(cmd, base + "/health", 120, env=SERVER_ENV,
+                           log=root / "server.log") as served:
+        mp.setenv("MLFLOW_TRACKING_URI", base)
         for key, value in FAIL_FAST.items():
             mp.setenv(key, value)
         mp.delenv("DVC_ROOT", raising=False)
-        yield server
+        yield TeamServer(base, root / "artifacts", served)
 
 
 def params_of(work: Path):
@@ -254,7 +220,7 @@ def test_pipeline_logs_everything_to_a_team_server(team_server, workdir, cifar_n
     x = to_pixels(load_arrays(cifar_npz).x_test[:4])
     assert np.allclose(model.predict(x), FileModel(model_path, torch.device("cpu")).probabilities(x),
                        atol=1e-5)
-    stored = {p.name for p in (team_server.log.parent / "artifacts").rglob("*")}
+    stored = {p.name for p in team_server.artifacts.rglob("*")}
     assert {"attention_overlays.png", "model.pt2", "history.csv"} <= stored
     local = {p.name for p in workdir.rglob("*")} | set(os.listdir(workdir.parent))
     assert not local & {"mlflow.db", "mlruns", "mlartifacts"}
@@ -267,7 +233,7 @@ def test_training_outlives_a_lost_server(team_server, workdir, cifar_npz, monkey
     def then_lose_the_server(self, metrics, step=None):
         real(self, metrics, step)
         if step == 1:
-            team_server.kill()
+            team_server.served.stop()
             killed["at"] = time.monotonic()
     monkeypatch.setattr(runs.Run, "log_metrics", then_lose_the_server)
     model_path = workdir / "models/model.pt"

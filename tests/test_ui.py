@@ -1,16 +1,12 @@
 """The real MLflow server on a free localhost port, over a store the tests made."""
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 import torch
 
-from conftest import free_port
+from conftest import free_port, serve_and_wait
 from vitlens.pipeline.evaluate import run_evaluation
 from vitlens.pipeline.visualize import run_visualize
 
@@ -26,25 +22,13 @@ def call(base: str, path: str, body: dict | None = None) -> dict:
 
 
 @pytest.fixture
-def server(mlflow_store):
+def server(mlflow_store, tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vitlens.cli.ui", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ.copy(), start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    first_line = proc.stdout.readline()
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(base + "/health", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "MLflow server did not come up"
-            time.sleep(0.5)
-    yield base, first_line
-    os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=30) is not None
+    cmd = [sys.executable, "-m", "vitlens.cli.ui", "--port", str(port)]
+    with serve_and_wait(cmd, base + "/health", 90, log=tmp_path / "ui.log") as served:
+        yield base, served.log.read_text().splitlines()[0]
+    assert served.proc.returncode is not None
     with pytest.raises(OSError):
         urllib.request.urlopen(base + "/health", timeout=2)
 
