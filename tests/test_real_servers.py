@@ -1,5 +1,7 @@
-"""The real servers: `mlflow models serve` answering plain pixels, and a team `mlflow server`
-(SQLite backend, artifacts proxied through it) that the pipeline logs to, and survives losing.
+"""The real servers, each its own process: `mlflow models serve` answering plain pixels,
+`vitlens serve` answering pixels and pictures on the registered model, and a team `mlflow
+server` (SQLite backend, artifacts proxied through it) that the pipeline logs to, and survives
+losing. `vitlens serve`'s parts on a stand-in model, in this process: test_serve_in_process.py.
 
 Each server runs on a free 127.0.0.1 port in its own process group, is waited for with a
 deadline, and is stopped however the test ends (conftest.serve_and_wait).

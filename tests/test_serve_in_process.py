@@ -2,7 +2,7 @@
 
 The server runs on a free 127.0.0.1 port with a stand-in model whose answer is a known function
 of the pixels, so every row of every answer can be checked under load. The real model behind
-the real command is in test_serve.py.
+the real command is in test_real_servers.py.
 """
 import base64
 import http.client
