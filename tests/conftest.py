@@ -406,8 +406,10 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) ->
 
 @pytest.fixture(scope="session")
 def project(tmp_path_factory, _params_raw, train_archive, cifar_npz, mlflow_store):
-    """A project directory with params.yaml and a trained tiny model."""
+    """A project directory with params.yaml and a trained tiny model, published (logged and
+    registered in MLflow)."""
     from vitlens.config import parse_params
+    from vitlens.pipeline.publish import run_publish
     from vitlens.pipeline.train import run_training
 
     root = tmp_path_factory.mktemp("project")
@@ -415,4 +417,5 @@ def project(tmp_path_factory, _params_raw, train_archive, cifar_npz, mlflow_stor
     write_params(root / "params.yaml", raw)
     run_training(parse_params(raw), cifar_npz, root / "models/model.pt",
                  root / "reports/train/history.csv", root / "models/checkpoint.pt")
+    run_publish(root / "params.yaml", root / "models/model.pt", cifar_npz, root / "reports/published.json")
     return root

@@ -30,6 +30,7 @@ from vitlens.data.imageset import load_arrays
 from vitlens.errors import VitlensError
 from vitlens.model.pixels import to_pixels
 from vitlens.pipeline.evaluate import run_evaluation
+from vitlens.pipeline.publish import run_publish
 from vitlens.pipeline.train import run_training
 from vitlens.pipeline.visualize import run_visualize
 from vitlens.tracking import runs
@@ -197,6 +198,7 @@ def test_pipeline_logs_everything_to_a_team_server(team_server, workdir, cifar_n
     model_path = workdir / "models/model.pt"
     run_training(params_of(workdir), cifar_npz, model_path, workdir / "reports/train/history.csv",
                  workdir / "models/checkpoint.pt")
+    run_publish(params_path, model_path, cifar_npz, workdir / "reports/published.json")
     run_evaluation(params_path, model_path, cifar_npz, workdir / "reports/eval",
                    workdir / "reports/metrics.json")
     run_visualize(params_path, model_path, cifar_npz, workdir / "reports/figures")
@@ -252,9 +254,8 @@ def test_training_outlives_a_lost_server(team_server, workdir, cifar_npz, monkey
     assert warnings[0].startswith(f"warning: no git commit to record for {workdir}: ")  # no checkout
     assert "is unreachable" in warnings[1]
     assert warnings[2] == (f"warning: not logged to MLflow run {rec['mlflow_run_id']} at "
-                           f"{team_server.base}: image attention/rollout of step 2, epoch 2 "
-                           "metrics, image attention/rollout of step 3, epoch 3 metrics, "
-                           "history/history.csv, the model, status FINISHED")
+                           f"{team_server.base}: epoch 2 metrics, epoch 3 metrics, "
+                           "history/history.csv, status FINISHED")
     with pytest.raises(VitlensError, match="cannot be read from an unreachable"):
         run_evaluation(str(workdir / "params.yaml"), model_path, cifar_npz,
                        workdir / "reports/eval", workdir / "reports/metrics.json")
