@@ -147,23 +147,25 @@ def _tarinfo(name: str, **attrs: Any) -> tarfile.TarInfo:
 
 def write_cifar_archive(path: str | Path, *, n_per_batch: int = 40, n_test: int = 40,
                         seed: int = 0,
-                        mutate: Callable[[dict[str, Any]], None] | None = None) -> str:
+                        mutate: Callable[[dict[str, Any]], None] | None = None,
+                        members: dict[str, Any] | None = None, root: str = ROOT) -> str:
     """Write a small CIFAR-10 python archive to `path`; return its MD5 (hex).
 
     `mutate(members)` may edit the member dict in place before writing. Keys are names inside
     `cifar-10-batches-py/` (so `"../evil.txt"` yields `cifar-10-batches-py/../evil.txt`);
     a value that is `bytes` is written raw, a `TarEntry` as that kind of entry, and anything
     else is pickled as Python 2 did (protocol 2). Same arguments give the same bytes.
+    `members` and `root` write another archive of that form instead (CIFAR-100's).
     """
-    members = cifar_members(n_per_batch, n_test, seed)
+    members = cifar_members(n_per_batch, n_test, seed) if members is None else members
     if mutate is not None:
         mutate(members)
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        tar.addfile(_tarinfo(ROOT, type=tarfile.DIRTYPE, mode=0o755))
+        tar.addfile(_tarinfo(root, type=tarfile.DIRTYPE, mode=0o755))
         for name, value in members.items():
-            arcname = f"{ROOT}/{name}"
+            arcname = f"{root}/{name}"
             if isinstance(value, TarEntry):
                 tar.addfile(_tarinfo(arcname, type=value.type, linkname=value.linkname))
                 continue

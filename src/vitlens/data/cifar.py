@@ -1,4 +1,4 @@
-"""Fetch, verify and safely read the CIFAR-10 python archive into compact arrays.
+"""Fetch, verify and safely read the CIFAR-10 or CIFAR-100 python archive into compact arrays.
 
 Nothing from the archive is trusted: the MD5 is checked before anything is opened, every
 member must be a plain file or folder with a relative path (nothing is extracted to disk:
@@ -12,7 +12,9 @@ import io
 import pickle
 import tarfile
 import tempfile
+import urllib.parse
 import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -20,13 +22,37 @@ import numpy as np
 from vitlens.data.fetch import download, local_path, verify_md5
 from vitlens.data.imageset import DataError, ImageSet, save_arrays
 
-OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
-ROOT = "cifar-10-batches-py"
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_BATCH = "test_batch"
-META = "batches.meta"
-NUM_CLASSES = 10
-TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # the official archive's
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # the official archives'
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an official archive keeps its batches, labels and class names."""
+
+    url: str
+    md5: str  # of the official archive: only it must hold TRAIN_IMAGES + TEST_IMAGES
+    root: str  # the folder inside the archive
+    train: tuple[str, ...]  # batch files
+    test: str
+    meta: str
+    labels: str  # the batches' key of the labels
+    names: str  # the meta file's key of the class names
+    classes: int
+
+
+CIFAR10 = Layout("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                 "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+                 tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
+                 "labels", "label_names", 10)
+OFFICIAL_MD5 = CIFAR10.md5
+
+
+def cifar100(labels: str = "fine") -> Layout:
+    """CIFAR-100 with its 100 fine classes, or its 20 coarse superclasses."""
+    assert labels in ("fine", "coarse"), f"labels must be fine or coarse, got {labels!r}"
+    return Layout("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                  "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python", ("train",), "test", "meta",
+                  f"{labels}_labels", f"{labels}_label_names", 100 if labels == "fine" else 20)
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -81,9 +107,9 @@ def _read_file(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return f.read()
 
 
-def _read_members(archive: Path) -> dict[str, bytes]:
+def _read_members(archive: Path, layout: Layout) -> dict[str, bytes]:
     """Read the batch and meta members into memory after checking every member is safe."""
-    wanted = {f"{ROOT}/{n}" for n in (*TRAIN_BATCHES, TEST_BATCH, META)}
+    wanted = {f"{layout.root}/{n}" for n in (*layout.train, layout.test, layout.meta)}
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = tar.getmembers()
@@ -98,9 +124,9 @@ def _read_members(archive: Path) -> dict[str, bytes]:
         raise DataError(f"{archive.name} is not a readable tar.gz archive (truncated or corrupt?): {e}") from None
 
 
-def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_batch(raw: bytes, name: str, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     d = _unpickle(raw, name)
-    data, labels = d.get("data"), d.get("labels")
+    data, labels, n_classes = d.get("data"), d.get(layout.labels), layout.classes
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
@@ -108,47 +134,50 @@ def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(labels, list) or len(labels) != len(data):
         n = len(labels) if isinstance(labels, list) else type(labels).__name__
         raise DataError(f"{name}: expected {len(data)} labels, got {n}")
-    if not all(type(v) is int and 0 <= v < NUM_CLASSES for v in labels):
-        raise DataError(f"{name}: labels must be integers 0-{NUM_CLASSES - 1}")
+    if not all(type(v) is int and 0 <= v < n_classes for v in labels):
+        raise DataError(f"{name}: {layout.labels} must be integers 0-{n_classes - 1}")
     return data.reshape(-1, 3, 32, 32), np.array(labels, dtype=np.int64)
 
 
-def _parse_meta(raw: bytes) -> list[str]:
-    names = _unpickle(raw, META).get("label_names")
-    if not isinstance(names, list) or len(names) != NUM_CLASSES \
+def _parse_meta(raw: bytes, layout: Layout) -> list[str]:
+    names = _unpickle(raw, layout.meta).get(layout.names)
+    if not isinstance(names, list) or len(names) != layout.classes \
             or not all(isinstance(n, str) for n in names):
-        raise DataError(f"{META}: 'label_names' must be a list of {NUM_CLASSES} strings")
+        raise DataError(f"{layout.meta}: {layout.names!r} must be a list of {layout.classes} strings")
     return names
 
 
-def read_archive(archive: Path, *, official: bool) -> ImageSet:
-    raw = _read_members(archive)
-    train = [_parse_batch(raw[n], n) for n in TRAIN_BATCHES]
-    x_test, y_test = _parse_batch(raw[TEST_BATCH], TEST_BATCH)
+def read_archive(archive: Path, *, official: bool, layout: Layout = CIFAR10) -> ImageSet:
+    raw = _read_members(archive, layout)
+    train = [_parse_batch(raw[n], n, layout) for n in layout.train]
+    x_test, y_test = _parse_batch(raw[layout.test], layout.test, layout)
     data = ImageSet(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                   x_test, y_test, _parse_meta(raw[META]))
+                    x_test, y_test, _parse_meta(raw[layout.meta], layout))
     if official and (len(data.x_train), len(data.x_test)) != (TRAIN_IMAGES, TEST_IMAGES):
         raise DataError(f"the official archive must hold 50000 + 10000 images, got "
                         f"{len(data.x_train)} + {len(data.x_test)}")
     return data
 
 
-def prepare(url: str, md5: str, out: Path, *, retries: int, timeout_s: float) -> ImageSet:
-    """Fetch (or locate) the archive, verify its MD5, parse it safely, write `out` atomically."""
+def prepare(url: str, md5: str, out: Path, *, retries: int, timeout_s: float,
+            layout: Layout = CIFAR10) -> ImageSet:
+    """Fetch (or locate) the archive, verify its MD5, parse it safely, write `out` atomically.
+    An empty `url` or `md5` is the layout's official one."""
+    url, md5 = url or layout.url, md5 or layout.md5
     src = local_path(url)
     if src is not None:
         if not src.is_file():
             raise DataError(f"data.url={url!r}: no such file {src}")
-        return _convert(src, md5, out)
+        return _convert(src, md5, out, layout)
     with tempfile.TemporaryDirectory(prefix="vitlens-download-") as d:
-        archive = Path(d) / "cifar-10-python.tar.gz"
+        archive = Path(d) / Path(urllib.parse.urlparse(url).path).name
         download(url, archive, retries=retries, timeout_s=timeout_s)
-        return _convert(archive, md5, out)
+        return _convert(archive, md5, out, layout)
 
 
-def _convert(archive: Path, md5: str, out: Path) -> ImageSet:
+def _convert(archive: Path, md5: str, out: Path, layout: Layout) -> ImageSet:
     verify_md5(archive, md5)
-    data = read_archive(archive, official=md5.lower() == OFFICIAL_MD5)
+    data = read_archive(archive, official=md5.lower() == layout.md5, layout=layout)
     save_arrays(data, out)
     return data
 
