@@ -41,7 +41,7 @@ test-fast: setup
 	pytest -q -m "not slow" $(PYTEST_PAR)
 
 lint: setup
-	ruff check src tests
+	ruff check src tests benchmarks
 	mypy
 
 ui: setup
@@ -55,14 +55,16 @@ predict: setup
 serve: setup
 	vitlens serve $(EXTRA)
 
+# The benches (docs/bench.md) live in benchmarks/, outside the installed package.
+# make bench EXTRA="--quick"
 bench: setup
-	vitlens bench
+	python -m benchmarks.bench $(EXTRA)
 
-# The one-go GPU check (README: "The GPU check"). No `setup`: it runs from a plain checkout
-# with PyTorch and no venv, DVC, MLflow or git. EXTRA="--out DIR --budget-s 480 ..."
+# The one-go GPU check (docs/gpu-check.md). No `setup`: it runs from a plain checkout with
+# PyTorch and no venv, DVC, MLflow or git. EXTRA="--out DIR --budget-s SECONDS ..."
 gpu-check:
 	@test -n "$(ARCHIVE)" -a -n "$(MD5)" || { echo "usage: make gpu-check ARCHIVE=cifar-10-python.tar.gz MD5=<its md5> [EXTRA=...]" >&2; exit 2; }
-	PYTHONPATH=src $(PY) -m vitlens gpu-check --archive $(ARCHIVE) --md5 $(MD5) $(EXTRA)
+	PYTHONPATH=src $(PY) -m benchmarks.gpucheck --archive $(ARCHIVE) --md5 $(MD5) $(EXTRA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,31 +1,46 @@
 """The bench runs end to end in --quick mode. No speed is asserted (the numbers depend on the
 machine and its load), but every number must come from real work: images/s from the measured
 seconds, ratios from the images/s, a FLOP rate no CPU reaches would mean an empty timed step,
-and the pipeline's "ours" batches are real crops and flips of their images."""
+and the pipeline's "ours" batches are real crops and flips of their images. Known timings
+fed through the timing helpers and the epoch estimate give known numbers, and the report
+names the precision the steps ran in."""
 import contextlib
+import dataclasses
 import io
 import json
 import statistics
+import types
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from benchmarks import bench, bench_data, bench_loop
+from benchmarks.bench_precision import in_precision
+from benchmarks.bench_report import environment
 from vitlens import device
 from vitlens.config import ModelConfig, load_params
 from vitlens.data.normalize import channel_stats
 from vitlens.model.vit import build_model, train_flops_per_image
-from vitlens.perf import bench, bench_data
+from vitlens.train import harness, preset
 from vitlens.train.step import make_optimizer, optimizer_step
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 MAX_CPU_FLOPS = 10e12  # FLOP/s: far above any CPU's fp32 peak; a faster "step" did no work
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, dict]:
-    """The quick bench, with every batch our pipeline makes watched: (result, printed, seen)."""
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    """The quick bench, with every batch our pipeline makes watched: (result, printed, seen).
+    In train.precision bf16, which `auto` does not choose on a CPU without native bf16: the
+    report must say bf16 all the same, because that is what ran."""
+    folder = tmp_path_factory.mktemp("bench")
+    out, params = folder / "bench.json", folder / "params.yaml"
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["train"]["precision"] = "bf16"
+    params.write_text(yaml.safe_dump(raw))
     printed = io.StringIO()
     seen: dict = {"calls": 0, "images": [], "first": None}
     real = bench_data.batch_maker
@@ -47,7 +62,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, dict
     try:
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
             mp.setattr(bench_data, "batch_maker", watched)
-            bench.main(["--quick", "--device", "cpu", "--params", str(PARAMS), "--out", str(out)])
+            bench.main(["--quick", "--device", "cpu", "--params", str(params), "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     return json.loads(out.read_text()), printed.getvalue(), seen
@@ -68,22 +83,33 @@ def paired(a: dict, b: dict) -> float:
 
 
 def test_records_environment_and_config(quick_run):
-    result, _, _ = quick_run
-    assert {"environment", "config", "models", "pipeline", "epochs"} <= result.keys()
+    result, printed, _ = quick_run
     env = result["environment"]
-    assert env["device"] == "cpu" and env["device_name"] and env["threads"] >= 1
-    assert env["torch"] and env["timm"]
-    assert {"batch_size", "steps", "warmup", "model"} <= result["config"].keys()
-    assert {"dim", "depth", "heads", "patch_size", "mlp_ratio"} <= result["config"]["model"].keys()
+    assert (env["device"], env["threads"], env["torch"]) == ("cpu", 2, torch.__version__)
+    assert env["timm"] == bench.import_timm().__version__ and env["device_name"] == env["cpu"]
+    assert result["config"] == {"batch_size": 16, "steps": 2, "warmup": 1, "rounds": 2,
+                                "pipeline_epochs": 2, "model": dataclasses.asdict(bench.QUICK_MODEL)}
+
+
+def test_the_report_names_the_precision_that_ran(quick_run):
+    """train.precision bf16 ran bf16 autocast: the logits of every timed step say so, and so
+    must the environment, the loop's line and the printed header."""
+    result, printed, _ = quick_run
+    assert result["environment"]["precision"] == "bf16 autocast"
+    for name in ("ours", "timm"):
+        assert result["models"][name]["precision"] == "bf16", name
+        assert result["models"][name]["logits_dtype"] == "bfloat16", name
+    assert result["loop"]["precision"] == "bf16"
+    assert "(cpu, 2 threads, bf16 autocast)" in printed and "steps/epoch, bf16)" in printed
+    assert environment(CPU, "1.0", "fp32")["precision"] == "fp32"
 
 
 def test_both_models_train_with_matching_sizes(quick_run):
     models = quick_run[0]["models"]
-    for name in ("ours", "timm"):
-        assert models[name]["images_per_second"] > 0
-        assert len(models[name]["seconds"]) == quick_run[0]["config"]["steps"]
+    for name, model in (("ours", build_model(bench.QUICK_MODEL, 10)),
+                        ("timm", bench.timm_vit(bench.QUICK_MODEL))):
+        assert models[name]["params"] == sum(p.numel() for p in model.parameters()), name
     assert models["ours"]["params"] == pytest.approx(models["timm"]["params"], rel=0.01)
-    assert models["ratio_ours_over_timm"] > 0 and models["paired_ratio_ours_over_timm"] > 0
 
 
 def test_model_numbers_come_from_the_measured_steps(quick_run):
@@ -101,8 +127,8 @@ def test_model_numbers_come_from_the_measured_steps(quick_run):
 
 def test_a_train_step_does_the_work_of_one():
     """Timed steps of a model with enough FLOPs that a step doing no real work would run at
-    a rate no CPU core reaches."""
-    params = load_params(PARAMS)
+    a rate no CPU core reaches, in fp32 (the peak the bound is above) as the params ask."""
+    params = in_precision(load_params(PARAMS), "fp32")
     cfg = ModelConfig(image_size=32, patch_size=4, dim=64, depth=2, heads=2, mlp_ratio=2.0,
                       dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned", stem="patch",
                       token_drop=0.0, pool="cls", lsa=False)
@@ -119,6 +145,7 @@ def test_a_train_step_does_the_work_of_one():
     for name in ("ours", "timm"):
         assert_timed(models[name], s.batch_size, s.steps, s.rounds)
         assert flops / models[name]["median_s"] < MAX_CPU_FLOPS / 10, name  # one thread
+        assert (models[name]["precision"], models[name]["logits_dtype"]) == ("fp32", "float32")
 
 
 def test_all_pipelines_measured(quick_run):
@@ -321,3 +348,80 @@ def test_quick_times_bf16_attention_even_where_it_is_emulated(monkeypatch):
                        model=bench.QUICK_MODEL)
     shapes = bench.attention_shapes(load_params("params.yaml"), s, True, torch.device("cpu"))
     assert [name for name, *_ in shapes] == ["quick", "quick, bf16"]
+
+
+def test_known_timings_give_known_summaries():
+    r = harness.summarize_calls([[0.2, 0.4, 0.1], [0.9]], images=8)
+    assert r["seconds"] == [0.2, 0.4, 0.1, 0.9]
+    assert r["median_s"] == pytest.approx(0.3)  # of 0.1, 0.2, 0.4, 0.9 (their mean: 0.4)
+    assert r["images_per_second"] == pytest.approx(8 / 0.3)
+    assert r["round_medians_s"] == [pytest.approx(0.2), pytest.approx(0.9)]
+    # b's round medians over a's: 3, 1, 1.5 -> a is 1.5x b's speed, round by round
+    a, b = {"round_medians_s": [1.0, 2.0, 4.0]}, {"round_medians_s": [3.0, 2.0, 6.0]}
+    assert harness.paired_speedup(a, b) == pytest.approx(1.5)
+
+
+def test_contenders_alternate_and_every_call_is_timed_alone(monkeypatch):
+    """On a fake clock that only the calls advance: 5 calls of each in 3 rounds (2, 2, 1),
+    the order flipping each round, each call's seconds its own."""
+    now = [100.0]
+    monkeypatch.setattr(harness, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    calls = []
+
+    def takes(name, seconds):
+        def run():
+            calls.append(name)
+            now[0] += seconds
+        return run
+    times = harness.alternate({"a": takes("a", 1.0), "b": takes("b", 2.0)}, n=5, rounds=3,
+                              device=CPU)
+    assert "".join(calls) == "aabbbbaaab"
+    assert times == {"a": [[1.0, 1.0], [1.0, 1.0], [1.0]], "b": [[2.0, 2.0], [2.0, 2.0], [2.0]]}
+    assert harness.time_calls(takes("c", 0.25), 3, CPU) == [0.25] * 3
+
+
+def test_the_epoch_estimate_adds_up_known_step_times(monkeypatch):
+    """Set step and validation times (no compiling on a CPU) give the estimate exactly:
+    (50,000 - 5,000) // 16 = 2,812 steps and 10 validation batches of 500 an epoch."""
+    params = load_params(PARAMS)
+    s = bench.Settings(batch_size=16, steps=4, warmup=1, rounds=2, images=32, pipeline_epochs=1,
+                       model=bench.QUICK_MODEL)
+    real = harness.harness
+    monkeypatch.setattr(bench, "harness", lambda p, batch, dev, compile_mode: real(p, batch, dev))
+    monkeypatch.setattr(bench, "time_calls", lambda fn, n, dev: [0.1] * n)
+    monkeypatch.setattr(bench, "alternate", lambda fns, **kw: {
+        "eager": [[0.5, 0.5], [0.5, 0.7]], "compiled": [[0.25, 0.25], [0.25, 0.1]]})
+    ep = bench.estimate_epochs(params, s, CPU)
+    assert (ep["steps_per_epoch"], ep["val_batch_seconds"], ep["epochs"]) == (2812, 0.1, 20)
+    for name, median in (("eager", 0.5), ("compiled", 0.25)):
+        assert ep[name]["median_s"] == median and ep[name]["first_step_s"] == 0.1
+        assert ep[name]["epoch_s"] == pytest.approx(2812 * median + 10 * 0.1)
+        assert ep[name]["total_s"] == pytest.approx(0.1 + 20 * (2812 * median + 1.0))
+
+
+def test_the_harness_steps_as_training_does(tiny_params):
+    """Fresh augmented batches, the weight average updated after each step, and the
+    precision the params ask: bf16 autocast, or fp32."""
+    p = tiny_params(**{"train.ema": 0.9, "train.precision": "bf16"})
+    split, norm = harness.synthetic_split(p.train.batch_size, CPU)
+    h = harness.harness(p, harness.augmented(split, norm, p.train), CPU)
+    assert not torch.equal(h.batch()[0], h.batch()[0])  # augmented afresh
+    average = [a.clone() for a in h.ema.model.parameters()]
+    loss, logits, y = h.step()
+    assert (h.precision, logits.dtype, h.ema.updates) == ("bf16", torch.bfloat16, 1)
+    assert not all(torch.equal(a, b) for a, b in zip(average, h.ema.model.parameters()))
+    harness.validation_pass(h.model, norm(split.x), CPU, bf16=h.bf16)()
+    assert h.model.training  # left as it was: the next step trains with dropout, drop path
+    fp32 = harness.harness(in_precision(p, "fp32"), harness.ready(norm(split.x), split.y), CPU)
+    assert (fp32.precision, fp32.step()[1].dtype) == ("fp32", torch.float32)
+
+
+def test_the_loop_is_timed_on_the_steps_device_and_model():
+    """The loop's epoch 2 runs as the bare step does: on the bench's device (not train.device),
+    with the model's token drop (not decayed to 0 in a 2-epoch run), the same precision,
+    weight average and model."""
+    p = preset.apply(load_params(PARAMS), {"train.device": "auto", "train.token_drop_decay": True,
+                                           "model.token_drop": 0.25, "train.ema": 0.9})
+    lp = bench_loop.loop_params(p, batch_size=8, steps=3, device=CPU)
+    assert (lp.train.device, lp.train.token_drop_decay, lp.train.epochs) == ("cpu", False, 2)
+    assert (lp.train.precision, lp.train.ema, lp.model) == (p.train.precision, 0.9, p.model)

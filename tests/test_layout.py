@@ -10,7 +10,9 @@ from conftest import PROJECT_ROOT
 SRC = PROJECT_ROOT / "src" / "vitlens"
 # Lower layers never import higher ones; a package may import itself and anything lower.
 LAYERS = {"core": 0, "data": 1, "tracking": 1, "plots": 1, "model": 2, "train": 3, "explain": 4,
-          "report": 5, "pipeline": 6, "perf": 6, "gpucheck": 7, "cli": 7, "stages": 8}
+          "report": 5, "pipeline": 6, "cli": 7, "stages": 8}
+# The measurement tools (benches, profiler, GPU check): a top-level package, not installed.
+BENCHMARKS = PROJECT_ROOT / "benchmarks"
 # What stays at the package root: the helpers every role uses.
 CORE = {"__init__", "__main__", "config", "errors", "io", "device"}
 MAX_LINES = 300
@@ -80,3 +82,30 @@ def test_no_module_reaches_into_another_modules_private_attributes(path):
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
 def test_modules_stay_short(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES, f"{path.name}: split it"
+
+
+def imported_roots(path: Path) -> set[str]:
+    """The top-level names of every module `path` imports, lazy imports too."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            out.add((node.module or "").split(".")[0])
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+    return out
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
+def test_nothing_in_the_package_imports_the_benchmarks(path):
+    """The installed package must import without benchmarks/, which is not installed."""
+    assert "benchmarks" not in imported_roots(path), \
+        f"{path.relative_to(PROJECT_ROOT)} imports benchmarks: move what it needs into vitlens"
+
+
+def test_the_benchmarks_are_a_short_top_level_package_outside_src():
+    sources = sorted(BENCHMARKS.rglob("*.py"))
+    assert BENCHMARKS / "__init__.py" in sources and BENCHMARKS / "gpucheck" / "__main__.py" in sources
+    assert not (SRC / "perf").exists() and not (SRC / "gpucheck").exists()
+    assert "benchmarks" in imported_roots(BENCHMARKS / "bench.py")  # the check above can see one
+    for path in sources:
+        assert len(path.read_text().splitlines()) <= MAX_LINES, f"{path.name}: split it"

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from conftest import PROJECT_ROOT
-from vitlens.config import parse_params, set_key
+from vitlens.cli import cpu_preset
+from vitlens.config import exp_run_flags, parse_params, set_key
 from vitlens.model.vit import train_flops_per_image
-from vitlens.perf import preset_fit
 from vitlens.train import preset
 
 BF16_HEADS = preset.BF16_RECIPE["model.heads"]
@@ -37,7 +37,7 @@ def test_every_preset_is_valid_params_and_the_recipe_is_wider_and_in_bf16(params
 
 
 def test_flags_are_what_dvc_exp_run_takes(params_dict):
-    flags = preset.cli_flags(preset.overrides(33)).split()
+    flags = exp_run_flags(preset.overrides(33)).split()
     assert flags[::2] == ["-S"] * len(preset.overrides(33))
     for kv in flags[1::2]:  # as `-S` reads them: YAML values
         key, value = kv.split("=")
@@ -47,23 +47,23 @@ def test_flags_are_what_dvc_exp_run_takes(params_dict):
 
 
 def test_without_native_bf16_the_preset_is_fp32_and_nothing_is_timed(params_dict, monkeypatch):
-    monkeypatch.setattr(preset_fit, "native_bf16_cpu", lambda: [])
-    monkeypatch.setattr(preset_fit, "epoch_seconds", lambda *a, **k: pytest.fail("timed"))
-    keys, why = preset_fit.choose(parse_params(params_dict), steps=2, rounds=1)
+    monkeypatch.setattr(cpu_preset, "native_bf16_cpu", lambda: [])
+    monkeypatch.setattr(cpu_preset, "epoch_seconds", lambda *a, **k: pytest.fail("timed"))
+    keys, why = cpu_preset.choose(parse_params(params_dict), steps=2, rounds=1)
     assert keys == preset.FP32 and "no native bf16" in why
 
 
 @pytest.mark.parametrize("fp32_s,bf16_s,epochs", [(100.0, 40.0, 45), (100.0, 99.0, None)])
 def test_with_native_bf16_the_recipe_gets_the_epochs_that_fit(params_dict, monkeypatch,
                                                               fp32_s, bf16_s, epochs):
-    monkeypatch.setattr(preset_fit, "native_bf16_cpu", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(cpu_preset, "native_bf16_cpu", lambda: ["avx512_bf16"])
     seen = {}
 
     def timed(fp32, bf16, **_):
         seen.update(fp32=fp32.train.precision, bf16=bf16.train.precision, heads=bf16.model.heads)
         return {"fp32": {"epoch_s": fp32_s}, "bf16": {"epoch_s": bf16_s}}
-    monkeypatch.setattr(preset_fit, "epoch_seconds", timed)
-    keys, why = preset_fit.choose(parse_params(params_dict), steps=2, rounds=1)
+    monkeypatch.setattr(cpu_preset, "epoch_seconds", timed)
+    keys, why = cpu_preset.choose(parse_params(params_dict), steps=2, rounds=1)
     assert seen == {"fp32": "fp32", "bf16": "bf16", "heads": BF16_HEADS}
     assert keys == (preset.FP32 if epochs is None else preset.overrides(epochs))
     assert f"{epochs} bf16 epochs fit" in why if epochs else "fp32 it is" in why
@@ -73,7 +73,7 @@ def test_an_epoch_is_its_steps_and_its_validation_passes(tiny_params):
     small = tiny_params(**{"train.batch_size": 16, "data.val_size": 40})
     big = tiny_params(**{"train.batch_size": 16, "data.val_size": 40, "model.dim": 64,
                          "model.depth": 4})
-    t = preset_fit.epoch_seconds(small, big, steps=2, rounds=2, val_batch=20)
+    t = cpu_preset.epoch_seconds(small, big, steps=2, rounds=2, val_batch=20)
     for name in ("fp32", "bf16"):
         r = t[name]
         steps = (50_000 - 40) // 16

@@ -3,8 +3,8 @@ profile of the training step on the CPU whose per-step op counts match the model
 import pytest
 import torch
 
+from benchmarks.profiling import profile_modes, profile_training, summarize_profile, verdict
 from vitlens.data.imageset import load_arrays
-from vitlens.perf.profiling import profile_modes, profile_training, summarize_profile, verdict
 from vitlens.train.loop import device_splits
 
 GPU_ROWS = [("aten::mm", 40, 900.0, False),  # CPU ops: not ranked when kernels exist
@@ -69,7 +69,7 @@ def test_profile_modes_runs_eager_alone_on_a_cpu(tiny_params, cifar_npz, capsys)
 
 
 def test_a_mode_that_fails_loses_only_itself(tiny_params, cifar_npz, monkeypatch, capsys):
-    from vitlens.perf import profiling
+    from benchmarks import profiling
 
     def broken(*args, mode, **kw):
         raise RuntimeError("inductor exploded\nsecond line")

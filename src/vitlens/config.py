@@ -229,8 +229,7 @@ def _build(cls: type, section: str, raw: Any) -> Any:
 def _cross_checks(p: Params) -> None:
     m, t = p.model, p.train
     if m.image_size % m.patch_size:
-        raise ConfigError(f"model.image_size={m.image_size} must be divisible by "
-                          f"model.patch_size={m.patch_size}")
+        raise ConfigError(f"model.image_size={m.image_size} must be divisible by model.patch_size={m.patch_size}")
     if m.dim % m.heads:
         raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
     if m.pos_embed == "sincos" and m.dim % 4:
@@ -240,8 +239,7 @@ def _cross_checks(p: Params) -> None:
     if t.cutout > m.image_size:
         raise ConfigError(f"train.cutout={t.cutout} must be <= model.image_size={m.image_size}")
     if t.warmup_epochs > t.epochs:
-        raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} must be <= "
-                          f"train.epochs={t.epochs}")
+        raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} must be <= train.epochs={t.epochs}")
     if t.batch_size % t.nproc:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by "
                           f"train.nproc={t.nproc} (each process takes an equal share of a batch)")
@@ -255,20 +253,22 @@ def _cross_checks(p: Params) -> None:
     r = p.report
     for key, chosen, top in (("layers", r.layers, m.depth), ("heads", r.heads, m.heads)):
         if any(not 1 <= i <= top for i in chosen) or len(set(chosen)) < len(chosen):
-            raise ConfigError(f"report.{key}={chosen!r} must name each of 1-{top} at most once "
-                              "([] = all)")
+            raise ConfigError(f"report.{key}={chosen!r} must name each of 1-{top} at most once ([] = all)")
     if f.blur_kernel % 2 == 0:
         raise ConfigError(f"faithfulness.blur_kernel={f.blur_kernel} must be odd")
 
 
 def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
-    """raw[section][name] = value for `key` "section.name", in a params mapping before
-    parse_params (which then rejects an unknown name or a bad value)."""
+    """raw[section][name] = value for `key` "section.name"; parse_params then validates it."""
     section, dot, name = key.partition(".")
     if not (dot and name) or not isinstance(raw.get(section), dict):
         raise ConfigError(f"{key!r} must be section.key with a known section "
                           f"({', '.join(f.name for f in dataclasses.fields(Params))})")
     raw[section][name] = value
+
+
+def exp_run_flags(keys: Mapping[str, Any]) -> str:  # {"model.dim": 128} -> "-S model.dim=128"
+    return " ".join(f"-S {k}={v}" for k, v in keys.items())
 
 
 def parse_params(raw: Any) -> Params:

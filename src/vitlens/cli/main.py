@@ -4,13 +4,12 @@
     vitlens reproduce RUN_ID [--out params.yaml]           the params an MLflow run was trained with
     vitlens ui [--port 5000]                               the MLflow UI on the project's store
     vitlens serve [--model-uri models:/vitlens-cifar10/1]  serve the model over HTTP, batched
-    vitlens bench [--quick]                                model and data-pipeline throughput
     vitlens cpu-preset                                     make repro-cpu's flags for this CPU
     vitlens loadtest --model-uri ...                       a served model's speed beside in-process
-    vitlens gpu-check --archive ... --md5 ...              the one-go check on a CUDA machine
 
 `python -m vitlens COMMAND ...` is the same; each command's module also runs on its own
-(`python -m vitlens.cli.predict ...`).
+(`python -m vitlens.cli.predict ...`). The benches and the GPU check are not installed: they
+run from a checkout (`make bench`, `make gpu-check`; the benchmarks/ folder).
 """
 from __future__ import annotations
 
@@ -20,9 +19,8 @@ import sys
 from vitlens.errors import run_main
 
 COMMANDS = {"predict": "vitlens.cli.predict", "reproduce": "vitlens.cli.reproduce",
-            "ui": "vitlens.cli.ui", "serve": "vitlens.cli.serve", "bench": "vitlens.perf.bench",
-            "cpu-preset": "vitlens.perf.preset_fit", "loadtest": "vitlens.perf.loadtest",
-            "gpu-check": "vitlens.gpucheck.check"}
+            "ui": "vitlens.cli.ui", "serve": "vitlens.cli.serve",
+            "cpu-preset": "vitlens.cli.cpu_preset", "loadtest": "vitlens.cli.loadtest"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,8 @@
 
 Everywhere it starts from the 0.81M-parameter model for 20 fp32 epochs (`FP32`), and that
 run's time is the budget. Where the CPU has native bf16 the same budget buys more: the bf16
-recipe (`BF16_RECIPE`) for as many epochs as `vitlens.perf.preset_fit` measures to fit in
-it on this CPU (bf16 runs 1.6x to 2.4x faster an epoch, by the CPU).
+recipe (`BF16_RECIPE`) for as many epochs as `vitlens cpu-preset` (vitlens.cli.cpu_preset)
+measures to fit in it on this CPU (bf16 runs 1.6x to 2.4x faster an epoch, by the CPU).
 """
 from __future__ import annotations
 
@@ -54,7 +54,3 @@ def apply(params: Params, keys: dict[str, Any]) -> Params:
         set_key(raw, key, value)
     return parse_params(raw)
 
-
-def cli_flags(keys: dict[str, Any]) -> str:
-    """`keys` as `dvc exp run` flags: -S section.name=value ..."""
-    return " ".join(f"-S {k}={v}" for k, v in keys.items())

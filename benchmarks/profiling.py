@@ -2,29 +2,29 @@
 step's wall time, the share of it the GPU is busy, kernels launched and host syncs per step,
 the input pipeline's share and the top kernels (on a CPU: the top ops).
 
-The steps are training.train's own: augmented batches from the on-device pipeline,
-step.optimizer_step and the running epoch sums, at the params' batch size and model.
+The steps are loop.train's own (vitlens.train.harness): augmented batches from the
+on-device pipeline, step.optimizer_step in the params' precision, the weight average's update
+and the running epoch sums, at the params' batch size and model.
 """
 from __future__ import annotations
 
 import itertools
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from vitlens.config import Params
 from vitlens.data.imageset import ImageSet
 from vitlens.data.normalize import Normalizer
 from vitlens.data.split import Split, batch_indices
-from vitlens.device import pick_device, use_bf16
-from vitlens.model.vit import build_model, train_flops_per_image
-from vitlens.perf.timing import sync, time_calls
+from vitlens.device import pick_device
+from vitlens.model.vit import train_flops_per_image
+from vitlens.train.harness import augmented, harness, sync, time_calls
 from vitlens.train.loop import device_splits
-from vitlens.train.step import EpochStats, batch_maker, make_optimizer, optimizer_step
+from vitlens.train.step import EpochStats
 
 TOP = 12  # kernels (or ops) listed
 # Eager, compiled, compiled with CUDA graphs. Only eager on a CPU: compiling there takes
@@ -96,28 +96,22 @@ def profile_training(params: Params, split: Split, norm: Normalizer, *, mode: st
     is None, else torch.compile in that mode. Times `steps` steps after `warmup` (which
     holds the compiling), then profiles as many again."""
     t, device = params.train, split.x.device
-    torch.manual_seed(t.seed)
-    model = build_model(params.model, num_classes).to(device).train()
-    fwd = model if mode is None else cast(nn.Module, torch.compile(model, mode=mode))
-    opt = make_optimizer(model, t, device)
     gen = torch.Generator(device).manual_seed(t.seed)
-    batch = batch_maker(split, norm, t, gen)
     order = itertools.cycle(list(batch_indices(len(split), t.batch_size, gen)))
+    batch = augmented(split, norm, t, seed=t.seed, order=order)
+    h = harness(params, batch, device, compile_mode=mode, num_classes=num_classes, seed=t.seed)
     stats = EpochStats(device)
-    bf16 = use_bf16(t.precision, device)
 
     def run(n: int) -> None:
         for _ in range(n):
-            x, y = batch(next(order))
-            loss, logits = optimizer_step(fwd, model, opt, x, y, t, device, bf16=bf16)
-            stats.add(loss, logits, y)
+            stats.add(*h.step())
 
     def timed(fn: Callable[[], object]) -> float:
         return time_calls(fn, 1, device)[0]
 
     warmup_s = timed(lambda: run(warmup))
     step_s = timed(lambda: run(steps)) / steps
-    input_s = timed(lambda: [batch(next(order)) for _ in range(steps)]) / steps
+    input_s = timed(lambda: [batch() for _ in range(steps)]) / steps
     gpu = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]) as prof:
         run(steps)

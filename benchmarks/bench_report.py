@@ -25,11 +25,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device, timm_version: str) -> dict[str, Any]:
+def environment(device: torch.device, timm_version: str, precision: str) -> dict[str, Any]:
+    """The machine, the versions and `precision`, "bf16" or "fp32": what the train steps ran
+    in (device.use_bf16 of train.precision on `device`)."""
+    assert precision in ("bf16", "fp32"), precision
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {"device": str(device), "device_name": name, "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+            "precision": "bf16 autocast" if precision == "bf16" else "fp32",
             "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm_version}
 
@@ -85,10 +88,11 @@ def attention_table(a: dict[str, Any]) -> str:
 
 
 def loop_table(lp: dict[str, Any]) -> str:
-    rows = [["training.train, epoch 2", f"{lp['loop_images_per_second']:.1f}"],
+    rows = [["loop.train, epoch 2", f"{lp['loop_images_per_second']:.1f}"],
             ["bare optimizer step, one ready batch", f"{lp['step_images_per_second']:.1f}"]]
     return (markdown_table(rows, [f"loop vs step (batch {lp['batch_size']}, "
-                                  f"{lp['steps_per_epoch']} steps/epoch)", "images/s"])
+                                  f"{lp['steps_per_epoch']} steps/epoch, {lp['precision']})",
+                                  "images/s"])
             + f"\n\nloop / step: {lp['ratio_loop_over_step']:.2f}")
 
 

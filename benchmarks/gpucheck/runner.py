@@ -1,4 +1,4 @@
-"""The step runner of a one-go check (vitlens.gpucheck.check): the clock, the time budget, and one
+"""The step runner of a one-go check (benchmarks.gpucheck.check): the clock, the time budget, and one
 JSON of every step's status, seconds and results, rewritten after each step so that a timeout
 keeps what finished."""
 from __future__ import annotations

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vitlens.config import ModelConfig
-from vitlens.perf.timing import alternate, summarize_calls, time_calls
+from vitlens.train.harness import alternate, summarize_calls, time_calls
 
 BACKENDS = {"sdpa_math": SDPBackend.MATH, "sdpa_flash": SDPBackend.FLASH_ATTENTION}
 

@@ -1,6 +1,9 @@
-"""Benchmarks, in one process: our ViT vs timm's per full train step, our on-device batch
-pipeline vs a per-image torchvision DataLoader, and (CUDA only) a 20-epoch time estimate,
-eager vs torch.compile. Writes reports/bench.json and prints the tables.
+"""Benchmarks, in one process: our ViT vs timm's per full train step, the attention kernels,
+the training loop vs its bare step, bf16 vs fp32, our on-device batch pipeline vs a per-image
+torchvision DataLoader, and (CUDA only) a 20-epoch time estimate, eager vs torch.compile.
+Writes reports/bench.json and prints the tables.
+
+    python -m benchmarks.bench [--quick]     (make bench; vitlens importable: the venv)
 
 Timings are medians; the contenders run in alternating rounds (A, B, B, A, ...) so that
 drifting background load hits every side alike.
@@ -12,29 +15,38 @@ import dataclasses
 import math
 import os
 import statistics
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from benchmarks.bench_attention import bench_attention
+from benchmarks.bench_data import bench_pipelines
+from benchmarks.bench_loop import bench_loop
+from benchmarks.bench_precision import bench_precision
+from benchmarks.bench_report import environment, report
 from vitlens.config import ModelConfig, Params, load_params
-from vitlens.data.normalize import Normalizer, channel_stats
-from vitlens.data.split import Split
-from vitlens.device import autocast, native_bf16_cpu, pick_device, use_bf16
+from vitlens.device import native_bf16_cpu, pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
 from vitlens.model.vit import build_model
-from vitlens.perf.bench_attention import bench_attention
-from vitlens.perf.bench_data import IMAGE_SIZE, NUM_CLASSES, bench_pipelines, synthetic_images
-from vitlens.perf.bench_loop import bench_loop
-from vitlens.perf.bench_precision import bench_precision
-from vitlens.perf.bench_report import environment, report
-from vitlens.perf.timing import alternate, paired_speedup, summarize_calls, time_calls
 from vitlens.train import preset
+from vitlens.train.harness import (
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    Harness,
+    alternate,
+    augmented,
+    harness,
+    paired_speedup,
+    ready,
+    summarize_calls,
+    synthetic_split,
+    time_calls,
+    validation_pass,
+)
 from vitlens.train.loop import VAL_BATCH
-from vitlens.train.step import batch_maker, make_optimizer, optimizer_step
 
 CIFAR_TRAIN = 50_000   # CIFAR-10 training images, before the validation split
 
@@ -77,7 +89,7 @@ def settings(args: argparse.Namespace, params: Params, device: torch.device) -> 
     return s
 
 
-# --- 1. train step: our ViT vs timm (2, the data pipeline: vitlens.perf.bench_data) ---
+# --- 1. train step: our ViT vs timm (2, the data pipeline: benchmarks.bench_data) ---
 
 def import_timm() -> Any:
     try:
@@ -101,31 +113,29 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def train_step(model: nn.Module, batch: Callable[[], tuple[Tensor, Tensor]], params: Params,
-               device: torch.device) -> Callable[[], None]:
-    """training.train's own optimizer step, on the same AdamW param groups."""
-    opt = make_optimizer(model, params.train, device)
-
-    def step() -> None:
-        model.train()
-        optimizer_step(model, model, opt, *batch(), params.train, device,
-                       bf16=use_bf16(params.train.precision, device))
-    return step
+def logits_dtype(h: Harness) -> str:
+    """The dtype one more step's logits come out in: the precision that really ran."""
+    return str(h.step()[1].dtype).removeprefix("torch.")
 
 
 def bench_models(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
+    """loop.train's own step (vitlens.train.harness: the same AdamW param groups, the
+    params' precision) of our ViT and of timm's, on the same random batch."""
     # Dropout, drop path and token dropout off in both: this compares the architectures' cost.
     cfg = dataclasses.replace(s.model, dropout=0.0, attn_dropout=0.0, drop_path=0.0, token_drop=0.0)
     torch.manual_seed(0)
     x = torch.randn(s.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
     y = torch.randint(0, NUM_CLASSES, (s.batch_size,), device=device)
-    models = {"ours": build_model(cfg, NUM_CLASSES).to(device), "timm": timm_vit(cfg).to(device)}
-    steps = {name: train_step(m, lambda: (x, y), params, device) for name, m in models.items()}
-    for step in steps.values():
-        time_calls(step, s.warmup, device)
-    times = alternate(steps, n=s.steps, rounds=s.rounds, device=device)
-    out: dict[str, Any] = {name: {"params": count_params(models[name]),
-                                  **summarize_calls(times[name], s.batch_size)} for name in models}
+    hs = {"ours": harness(params, ready(x, y), device, model=build_model(cfg, NUM_CLASSES)),
+          "timm": harness(params, ready(x, y), device, model=timm_vit(cfg))}
+    for h in hs.values():
+        time_calls(h.step, s.warmup, device)
+    times = alternate({name: h.step for name, h in hs.items()}, n=s.steps, rounds=s.rounds,
+                      device=device)
+    out: dict[str, Any] = {name: {"params": count_params(h.model), "precision": h.precision,
+                                  "logits_dtype": logits_dtype(h),
+                                  **summarize_calls(times[name], s.batch_size)}
+                           for name, h in hs.items()}
     out["ratio_ours_over_timm"] = (out["ours"]["images_per_second"]
                                    / out["timm"]["images_per_second"])
     out["paired_ratio_ours_over_timm"] = paired_speedup(out["ours"], out["timm"])
@@ -143,37 +153,24 @@ def bench_epochs(params: Params, s: Settings, device: torch.device) -> dict[str,
 def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[str, Any]:
     """Seconds per epoch of the model as trained (augmented batches, drop path), eager and
     compiled, from median train and validation step times; the per-epoch extras of
-    training.train (metrics, checkpoint) are left out, so this is a lower bound."""
+    loop.train (metrics, checkpoint) are left out, so this is a lower bound."""
     t = params.train
     train_images = CIFAR_TRAIN - params.data.val_size
     steps_per_epoch = train_images // s.batch_size  # training drops the last partial batch
     val_batches = math.ceil(params.data.val_size / VAL_BATCH)
-    x, y = synthetic_images(max(s.batch_size, VAL_BATCH))
-    split = Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-    norm = Normalizer(*channel_stats(x))
-    make_batch = batch_maker(split, norm, t, torch.Generator(device).manual_seed(1))
-    idx = torch.arange(s.batch_size, device=device)
+    split, norm = synthetic_split(max(s.batch_size, VAL_BATCH), device)
+    as_trained = dataclasses.replace(params, model=s.model)
+    hs = {name: harness(as_trained, augmented(split, norm, t, seed=1), device, compile_mode=mode)
+          for name, mode in (("eager", None), ("compiled", "default"))}
+    first = {name: time_calls(h.step, 1, device)[0] for name, h in hs.items()}
+    for h in hs.values():
+        time_calls(h.step, s.warmup, device)
+    times = alternate({name: h.step for name, h in hs.items()}, n=s.steps, rounds=s.rounds,
+                      device=device)
 
-    def batch() -> tuple[Tensor, Tensor]:
-        return make_batch(idx)
-
-    torch.manual_seed(0)
-    models = {"eager": build_model(s.model, NUM_CLASSES).to(device),
-              "compiled": build_model(s.model, NUM_CLASSES).to(device)}
-    fwds = {"eager": models["eager"], "compiled": cast(nn.Module, torch.compile(models["compiled"]))}
-    steps = {name: train_step(fwds[name], batch, params, device) for name in fwds}
-    first = {name: time_calls(step, 1, device)[0] for name, step in steps.items()}
-    for step in steps.values():
-        time_calls(step, s.warmup, device)
-    times = alternate(steps, n=s.steps, rounds=s.rounds, device=device)
-
-    model = models["eager"].eval()  # training.predict validates with the uncompiled model
-    val_x = norm(split.x[:VAL_BATCH])
-
-    @torch.no_grad()
-    def validate() -> None:
-        with autocast(device, use_bf16(params.train.precision, device)):
-            model(val_x).float().cpu()
+    # loop.train validates the uncompiled model (loop.validate), in the precision it trains
+    eager = hs["eager"]
+    validate = validation_pass(eager.model, norm(split.x[:VAL_BATCH]), device, bf16=eager.bf16)
     time_calls(validate, s.warmup, device)
     val_s = statistics.median(time_calls(validate, max(s.steps // 2, 1), device))
 
@@ -218,12 +215,13 @@ def run_bench(params: Params, s: Settings, device: torch.device,
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     load_before = os.getloadavg()[0]
+    models = bench_models(params, s, device)
     result: dict[str, Any] = {
-        "environment": environment(device, import_timm().__version__),
+        "environment": environment(device, import_timm().__version__, models["ours"]["precision"]),
         "config": {"batch_size": s.batch_size, "steps": s.steps, "warmup": s.warmup,
                    "rounds": s.rounds, "pipeline_epochs": s.pipeline_epochs,
                    "model": dataclasses.asdict(s.model)},
-        "models": bench_models(params, s, device),
+        "models": models,
         "attention": {name: bench_attention(cfg, batch, steps=s.steps, rounds=s.rounds,
                                             device=device, dtype=dtype)
                       for name, cfg, batch, dtype in attention_shapes(params, s, quick, device)},

@@ -12,23 +12,20 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from benchmarks.bench_report import loader_name
 from vitlens.config import Params
 from vitlens.data.normalize import Normalizer, channel_stats
 from vitlens.data.split import Split, batch_indices
-from vitlens.perf.bench_report import loader_name
-from vitlens.perf.timing import alternate, paired_speedup, summarize_calls
+from vitlens.train.harness import (
+    IMAGE_SIZE,  # the pipelines produce CIFAR-sized images whatever the model
+    alternate,
+    paired_speedup,
+    summarize_calls,
+    synthetic_images,
+)
 from vitlens.train.step import batch_maker
 
-NUM_CLASSES = 10
-IMAGE_SIZE = 32  # pixels; the pipelines produce CIFAR-sized images whatever the model
 LOADERS = tuple((kind, w) for kind in ("tensor", "pil") for w in (0, 2))  # images, workers
-
-
-def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 3, 32, 32) uint8 noise images and int64 labels, so no dataset is needed."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    return x, rng.integers(0, NUM_CLASSES, n, dtype=np.int64)
 
 
 class TransformedImages(Dataset):
@@ -60,7 +57,7 @@ def per_image_transform(padding: int, flip: bool, norm: Normalizer,
 
 def ours_epoch(split: Split, norm: Normalizer, params: Params, batch_size: int,
                device: torch.device) -> Callable[[], None]:
-    """An epoch of inputs as training.train makes them."""
+    """An epoch of inputs as loop.train makes them."""
     order = torch.Generator(device).manual_seed(0)
     batch = batch_maker(split, norm, params.train, torch.Generator(device).manual_seed(1))
 

@@ -14,70 +14,49 @@ from typing import Any
 
 import torch
 
-from vitlens.config import Params, load_params
-from vitlens.data.normalize import Normalizer, channel_stats
-from vitlens.data.split import Split
-from vitlens.device import autocast, native_bf16_cpu
+from vitlens.config import Params, exp_run_flags, load_params
+from vitlens.device import native_bf16_cpu
 from vitlens.errors import run_main
-from vitlens.model.vit import build_model
-from vitlens.perf.bench_data import NUM_CLASSES, synthetic_images
-from vitlens.perf.timing import alternate, paired_speedup, summarize_calls, time_calls
 from vitlens.train import preset
-from vitlens.train.ema import EMA
+from vitlens.train.harness import (
+    alternate,
+    augmented,
+    harness,
+    paired_speedup,
+    summarize_calls,
+    synthetic_split,
+    time_calls,
+    validation_pass,
+)
 from vitlens.train.loop import VAL_BATCH, epoch_images
-from vitlens.train.step import batch_maker, make_optimizer, optimizer_step
 
 CPU = torch.device("cpu")
 
 
-def train_step(p: Params, *, bf16: bool) -> Callable[[], None]:
-    """One step as training.train takes it: an augmented batch made from uint8 images, the
-    optimizer step, the weight average's update (train.ema)."""
-    torch.manual_seed(0)
-    model = build_model(p.model, NUM_CLASSES)
-    opt = make_optimizer(model, p.train, CPU)
-    ema = EMA(model, p.train.ema) if p.train.ema else None
-    x8, y8 = synthetic_images(p.train.batch_size)
-    make = batch_maker(Split(torch.from_numpy(x8), torch.from_numpy(y8)),
-                       Normalizer(*channel_stats(x8)), p.train, torch.Generator().manual_seed(0))
-    idx = torch.arange(p.train.batch_size)
-
-    def step() -> None:
-        model.train()
-        optimizer_step(model, model, opt, *make(idx), p.train, CPU, bf16=bf16)
-        if ema is not None:
-            ema.update(model)
-    return step
-
-
-def validation_pass(p: Params, *, bf16: bool, batch: int) -> Callable[[], None]:
-    """One forward pass of `batch` images through a fresh `p` model in eval mode, in the
-    precision that trains (training.validate's)."""
-    torch.manual_seed(0)
-    model = build_model(p.model, NUM_CLASSES).eval()
-    x = torch.from_numpy(synthetic_images(batch)[0]).float().div(255) - 0.5  # (B, 3, H, W)
-
-    @torch.no_grad()
-    def run() -> None:
-        with autocast(CPU, bf16):
-            model(x).float()
-    return run
+def epoch_parts(p: Params, val_batch: int) -> tuple[Callable[[], object], Callable[[], None]]:
+    """An epoch's two parts as loop.train runs them (vitlens.train.harness), in p's
+    precision: a train step (an augmented batch made from uint8 images, the optimizer step,
+    the weight average's update) and a validation pass of `val_batch` images through what
+    the run validates (the average when train.ema is on)."""
+    split, norm = synthetic_split(max(p.train.batch_size, val_batch), CPU)
+    h = harness(p, augmented(split, norm, p.train), CPU)
+    validated = h.ema.model if h.ema is not None else h.model
+    return h.step, validation_pass(validated, norm(split.x[:val_batch]), CPU, bf16=h.bf16)
 
 
 def epoch_seconds(fp32: Params, bf16: Params, *, steps: int, rounds: int,
                   val_batch: int = VAL_BATCH) -> dict[str, Any]:
     """Seconds an epoch of each preset (train steps at its batch size plus its validation
     passes), from median step and pass times in alternating rounds; bf16's paired speedup."""
-    subjects = {"fp32": (fp32, False), "bf16": (bf16, True)}
-    fns: dict[str, Callable[[], None]] = {}
-    for name, (p, b16) in subjects.items():
-        fns[name] = train_step(p, bf16=b16)
-        fns[name + " validation"] = validation_pass(p, bf16=b16, batch=val_batch)
+    subjects = {"fp32": fp32, "bf16": bf16}
+    fns: dict[str, Callable[[], object]] = {}
+    for name, p in subjects.items():
+        fns[name], fns[name + " validation"] = epoch_parts(p, val_batch)
     for fn in fns.values():
         time_calls(fn, 1, CPU)  # warm-up: allocations, oneDNN's kernel choice
     times = alternate(fns, n=steps, rounds=rounds, device=CPU)
     out: dict[str, Any] = {}
-    for name, (p, _) in subjects.items():
+    for name, p in subjects.items():
         step = summarize_calls(times[name], p.train.batch_size)
         val_s = statistics.median(t for r in times[name + " validation"] for t in r)
         epoch_s = (epoch_images(p) // p.train.batch_size * step["median_s"]
@@ -119,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(params.train.threads)
     keys, why = choose(params, steps=args.steps, rounds=args.rounds)
     print(f"cpu-preset: {why}", file=sys.stderr)
-    print(preset.cli_flags(keys))
+    print(exp_run_flags(keys))
 
 
 if __name__ == "__main__":

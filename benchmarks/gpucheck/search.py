@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from vitlens.config import ConfigError, parse_params, set_key
-from vitlens.gpucheck.runner import Check
-from vitlens.perf.bench_report import markdown_table
+from benchmarks.bench_report import markdown_table
+from benchmarks.gpucheck.runner import Check
+from vitlens.config import ConfigError, exp_run_flags, parse_params, set_key
 from vitlens.train.loop import training_flops
 
 BASELINE = "default"  # the checked params themselves, trained before the candidates
@@ -124,8 +124,7 @@ def run_search(check: Check, candidates: list[Candidate], *,
     result["table"] = search_table(rows)
     check.say("search, chosen on validation accuracy:\n" + result["table"])
     if result.get("best_changes"):
-        result["adopt"] = "dvc exp run " + " ".join(f"-S {k}={v}" for k, v in
-                                                    result["best_changes"].items())
+        result["adopt"] = "dvc exp run " + exp_run_flags(result["best_changes"])
         tested = result["best_test_acc"]
         check.say(f"best: {result['best']}, test accuracy "
                   f"{'not measured' if tested is None else f'{tested:.4f}'}; "
