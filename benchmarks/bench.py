@@ -46,7 +46,6 @@ from vitlens.train.harness import (
     time_calls,
     validation_pass,
 )
-from vitlens.train.loop import VAL_BATCH
 
 CIFAR_TRAIN = 50_000   # CIFAR-10 training images, before the validation split
 
@@ -157,8 +156,9 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     t = params.train
     train_images = CIFAR_TRAIN - params.data.val_size
     steps_per_epoch = train_images // s.batch_size  # training drops the last partial batch
-    val_batches = math.ceil(params.data.val_size / VAL_BATCH)
-    split, norm = synthetic_split(max(s.batch_size, VAL_BATCH), device)
+    val_batch = params.evaluate.batch_size  # what loop.validate passes at a time
+    val_batches = math.ceil(params.data.val_size / val_batch)
+    split, norm = synthetic_split(max(s.batch_size, val_batch), device)
     as_trained = dataclasses.replace(params, model=s.model)
     hs = {name: harness(as_trained, augmented(split, norm, t, seed=1), device, compile_mode=mode)
           for name, mode in (("eager", None), ("compiled", "default"))}
@@ -170,7 +170,7 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
 
     # loop.train validates the uncompiled model (loop.validate), in the precision it trains
     eager = hs["eager"]
-    validate = validation_pass(eager.model, norm(split.x[:VAL_BATCH]), device, bf16=eager.bf16)
+    validate = validation_pass(eager.model, norm(split.x[:val_batch]), device, bf16=eager.bf16)
     time_calls(validate, s.warmup, device)
     val_s = statistics.median(time_calls(validate, max(s.steps // 2, 1), device))
 

@@ -33,7 +33,7 @@ def test_temp_and_queued_experiments_land_in_the_project_store(repo):
     names = re.findall(r"Ran experiment\(s\): (\S+)", temp)
     for seed in (6, 7):
         queued = dvc(repo, "exp", "run", "--queue", "-S", f"train.seed={seed}",
-                     "-S", "tracking.log_model=true", "evaluate")
+                     "-S", "tracking.log_model=true", "publish", "evaluate")
         names += re.findall(r"Queued experiment '(\S+)'", queued)
     assert len(names) == 3
     # Two at once: SQLite locking must not lose a run. The workers inherit `queue start`'s
@@ -65,7 +65,7 @@ def test_temp_and_queued_experiments_land_in_the_project_store(repo):
                                      str(repo.parent / f"dl-{name}"))
         assert Path(local).read_bytes().startswith(b"\x89PNG")
         assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
-    for name in names[1:]:  # the queued pair registered its models, neither lost
+    for name in names[1:]:  # the queued pair's publish stages registered their models, neither lost
         registered_uri(runs[name].info.run_id, c)
 
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from benchmarks.profiling import host_syncs, profile_training
 from vitlens.data.imageset import load_arrays
-from vitlens.perf.profiling import host_syncs, profile_training
 from vitlens.train import loop
 
 pytestmark = [pytest.mark.gpu,

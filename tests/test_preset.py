@@ -70,10 +70,10 @@ def test_with_native_bf16_the_recipe_gets_the_epochs_that_fit(params_dict, monke
 
 
 def test_an_epoch_is_its_steps_and_its_validation_passes(tiny_params):
-    small = tiny_params(**{"train.batch_size": 16, "data.val_size": 40})
+    small = tiny_params(**{"train.batch_size": 16, "data.val_size": 40, "evaluate.batch_size": 20})
     big = tiny_params(**{"train.batch_size": 16, "data.val_size": 40, "model.dim": 64,
-                         "model.depth": 4})
-    t = cpu_preset.epoch_seconds(small, big, steps=2, rounds=2, val_batch=20)
+                         "model.depth": 4, "evaluate.batch_size": 20})
+    t = cpu_preset.epoch_seconds(small, big, steps=2, rounds=2)
     for name in ("fp32", "bf16"):
         r = t[name]
         steps = (50_000 - 40) // 16

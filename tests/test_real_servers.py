@@ -100,7 +100,7 @@ def test_vitlens_serve_keeps_up_and_answers_pictures_as_predict_does(project, ci
     answers them, bad requests refused under load, and the load test's two figures."""
     from PIL import Image
 
-    from vitlens.perf import loadtest
+    from vitlens.cli import loadtest
     pixels = to_pixels(load_arrays(cifar_npz).x_test[:4])  # (4, 32, 32, 3) uint8
     files = []
     for i, x in enumerate(pixels):

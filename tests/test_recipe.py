@@ -51,7 +51,8 @@ def test_an_ema_run_trains_the_same_weights_and_validates_saves_their_average(
     assert differ and all(torch.equal(averaged.model.state_dict()[k], v) for k, v in ckpt["ema"].items())
     s = loop.setup(p, plan_run(p, load_arrays(cifar_npz)))
     s.final.load_state_dict(ckpt["ema"])  # what validation reads when train.ema is on
-    assert loop.validate(s, load_arrays(cifar_npz).classes)[1] == averaged.history[-1]["val_acc"]
+    classes = load_arrays(cifar_npz).classes
+    assert loop.validate(s, classes, p.evaluate.batch_size)[1] == averaged.history[-1]["val_acc"]
 
 
 def test_the_stage_saves_the_average(tiny_params, cifar_npz, tmp_path, monkeypatch):

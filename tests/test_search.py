@@ -5,10 +5,10 @@ import copy
 import pytest
 import yaml
 
+from benchmarks.gpucheck.runner import Check
+from benchmarks.gpucheck.search import BASELINE, Candidate, choose, load_candidates, run_search
 from conftest import PROJECT_ROOT
 from vitlens.config import ConfigError, load_params
-from vitlens.gpucheck.runner import Check
-from vitlens.gpucheck.search import BASELINE, Candidate, choose, load_candidates, run_search
 
 
 def write(tmp_path, candidates):
@@ -133,7 +133,7 @@ def test_candidates_that_would_not_fit_the_budget_are_skipped(tmp_path):
 
 
 def test_cost_counts_the_images_an_epoch_trains_on(params_dict):
-    from vitlens.gpucheck.search import relative_cost
+    from benchmarks.gpucheck.search import relative_cost
 
     half = copy.deepcopy(params_dict)
     half["data"]["train_subset"] = (50_000 - params_dict["data"]["val_size"]) // 2

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vitlens.cli.loadtest import Load, in_process, json_body, pixel_batches, post_all, served
 from vitlens.cli.payload import Refused, parse, plain_pixels
 from vitlens.cli.serve import Batcher, Server
 from vitlens.data import images
 from vitlens.data.images import load_image
-from vitlens.perf.loadtest import Load, in_process, json_body, pixel_batches, post_all, served
 
 
 class Means:

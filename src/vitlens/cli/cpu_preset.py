@@ -28,7 +28,7 @@ from vitlens.train.harness import (
     time_calls,
     validation_pass,
 )
-from vitlens.train.loop import VAL_BATCH, epoch_images
+from vitlens.train.loop import epoch_images
 
 CPU = torch.device("cpu")
 
@@ -44,14 +44,13 @@ def epoch_parts(p: Params, val_batch: int) -> tuple[Callable[[], object], Callab
     return h.step, validation_pass(validated, norm(split.x[:val_batch]), CPU, bf16=h.bf16)
 
 
-def epoch_seconds(fp32: Params, bf16: Params, *, steps: int, rounds: int,
-                  val_batch: int = VAL_BATCH) -> dict[str, Any]:
+def epoch_seconds(fp32: Params, bf16: Params, *, steps: int, rounds: int) -> dict[str, Any]:
     """Seconds an epoch of each preset (train steps at its batch size plus its validation
     passes), from median step and pass times in alternating rounds; bf16's paired speedup."""
     subjects = {"fp32": fp32, "bf16": bf16}
     fns: dict[str, Callable[[], object]] = {}
     for name, p in subjects.items():
-        fns[name], fns[name + " validation"] = epoch_parts(p, val_batch)
+        fns[name], fns[name + " validation"] = epoch_parts(p, p.evaluate.batch_size)
     for fn in fns.values():
         time_calls(fn, 1, CPU)  # warm-up: allocations, oneDNN's kernel choice
     times = alternate(fns, n=steps, rounds=rounds, device=CPU)
@@ -60,7 +59,7 @@ def epoch_seconds(fp32: Params, bf16: Params, *, steps: int, rounds: int,
         step = summarize_calls(times[name], p.train.batch_size)
         val_s = statistics.median(t for r in times[name + " validation"] for t in r)
         epoch_s = (epoch_images(p) // p.train.batch_size * step["median_s"]
-                   + math.ceil(p.data.val_size / val_batch) * val_s)
+                   + math.ceil(p.data.val_size / p.evaluate.batch_size) * val_s)
         out[name] = {"step_s": step["median_s"], "validation_pass_s": val_s, "epoch_s": epoch_s}
     out["step_speedup_bf16"] = paired_speedup(
         summarize_calls(times["bf16"], 1), summarize_calls(times["fp32"], 1))

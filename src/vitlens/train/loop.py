@@ -40,7 +40,6 @@ from vitlens.train.step import (
     token_drop_at,
 )
 
-VAL_BATCH = 500  # images per validation forward pass (a memory bound, not a hyperparameter)
 SYNC_EVERY = 20  # steps between the progress bar's host syncs: rare enough not to stall a GPU
 ETA_STEP = 20  # the first epoch's step after which the whole run's time is estimated;
 #               a multiple of SYNC_EVERY, so the clock is read just after a host sync
@@ -185,10 +184,10 @@ def forward_module(model: nn.Module, t: TrainConfig,
     return cast(nn.Module, torch.compile(fwd, mode=t.compile_mode)) if t.compile else fwd
 
 
-def validate(s: Setup, classes: list[str]) -> tuple[float, float]:
+def validate(s: Setup, classes: list[str], batch_size: int) -> tuple[float, float]:
     """(loss, accuracy) on the validation split, in the precision that trains: in fp32 it
     took a tenth of a bf16 epoch on a Zen 5 (the test set keeps evaluate's precision)."""
-    logits = split_logits(s.final, s.val_split, s.norm, VAL_BATCH, s.device, bf16=s.bf16)
+    logits = split_logits(s.final, s.val_split, s.norm, batch_size, s.device, bf16=s.bf16)
     val = evaluate_logits(logits, s.val_split.y, classes)
     return val.loss, val.accuracy
 
@@ -239,7 +238,7 @@ def train(params: Params, data: ImageSet, *, checkpoint: Path, state: dict | Non
                                        s.steps_per_epoch * t.epochs if first else None)
         train_loss, train_acc = stats.result(dist)
         train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = validate(s, plan.classes)
+        val_loss, val_acc = validate(s, plan.classes, params.evaluate.batch_size)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
                "epoch_seconds": time.perf_counter() - t0,
