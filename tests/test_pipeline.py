@@ -41,16 +41,21 @@ def test_repro_runs_every_stage_then_nothing(repo):
     sh(repo, "git", "commit", "-qm", "baseline run")
 
 
+def stale_after_an_edit(repo: Path, path: str) -> set[str]:
+    """The stages `dvc status` lists while `path` carries a one-line edit (then undone)."""
+    edited = repo / path
+    original = edited.read_text()
+    edited.write_text(original + "\n# an edit\n")
+    try:
+        return set(json.loads(dvc(repo, "status", "--json")))
+    finally:
+        edited.write_text(original)
+
+
 @pytest.mark.parametrize("module,stages", [("figures", {"evaluate", "visualize"}),
                                            ("faithfulness", {"faithfulness"})])
 def test_editing_a_figure_module_stales_the_figure_stages_not_training(repo, module, stages):
-    plots = repo / "src/vitlens/plots" / f"{module}.py"
-    original = plots.read_text()
-    plots.write_text(original + "\n# an edit\n")
-    try:
-        stale = set(json.loads(dvc(repo, "status", "--json")))
-    finally:
-        plots.write_text(original)
+    stale = stale_after_an_edit(repo, f"src/vitlens/plots/{module}.py")
     assert stages <= stale and not stale & set(PIPELINE) - stages, stale
     assert json.loads(dvc(repo, "status", "--json")) == {}
 
@@ -61,13 +66,7 @@ def test_editing_a_figure_module_stales_the_figure_stages_not_training(repo, mod
 def test_drawing_serving_and_registry_edits_never_stale_training(repo, path):
     """What `dvc status` lists after such an edit: the stages that draw, serve or register,
     never train (the edits would throw a finished training away)."""
-    edited = repo / path
-    original = edited.read_text()
-    edited.write_text(original + "\n# an edit\n")
-    try:
-        stale = set(json.loads(dvc(repo, "status", "--json")))
-    finally:
-        edited.write_text(original)
+    stale = stale_after_an_edit(repo, path)
     assert "train" not in stale and "download" not in stale, stale
     if path.endswith(("pixels.py", "registry.py", "common.py")):
         assert "publish" in stale, stale
