@@ -125,11 +125,11 @@ def test_bad_files_get_one_line_each_and_the_good_ones_are_predicted(project, tm
     (bad / "text.png").write_text("hello")
     (bad / "empty.jpg").write_bytes(b"")
     (bad / "cut.png").write_bytes((pictures / "6_large.PNG").read_bytes()[:300])
-    Image.new("RGB", (8, 8)).save(bad / "anim.gif")
-    Image.new("RGB", (8, 8)).save(bad / "gif_named.bmp", format="GIF")
+    Image.new("RGB", (8, 8)).save(bad / "icon.ico")  # a picture, of a format not taken
+    Image.new("RGB", (8, 8)).save(bad / "ico_named.bmp", format="ICO")
     empty = tmp_path / "empty_dir"
     empty.mkdir()
-    r = subprocess.run([sys.executable, "-m", "vitlens.cli.predict", str(bad), str(bad / "anim.gif"),
+    r = subprocess.run([sys.executable, "-m", "vitlens.cli.predict", str(bad), str(bad / "icon.ico"),
                         str(empty), str(tmp_path / "missing.png"),
                         "--model", str(project / "models/model.pt")],
                        capture_output=True, text=True, timeout=120)
@@ -141,7 +141,8 @@ def test_bad_files_get_one_line_each_and_the_good_ones_are_predicted(project, tm
     assert "empty file" in reasons["empty.jpg"]
     assert "not an image" in reasons["text.png"]
     assert "unreadable" in reasons["cut.png"]
-    assert "GIF image" in reasons["anim.gif"] and "GIF image" in reasons["gif_named.bmp"]
+    assert "ICO image, not PNG, JPEG, BMP, GIF, WebP or TIFF" in reasons["icon.ico"]
+    assert "ICO image" in reasons["ico_named.bmp"]
     assert "no PNG, JPEG or BMP files" in reasons["empty_dir"]
     assert "no such file" in reasons["missing.png"]
 
