@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vitlens.data import decode
-from vitlens.data.decode import compact, decode_into
+from vitlens.data.decode import compact, decode_all
 from vitlens.data.folder import read_folder
 from vitlens.data.images import KINDS, BadImage, load_image
 from vitlens.data.imageset import DataError
@@ -288,7 +288,8 @@ def test_identical_files_in_train_and_test_are_counted_and_warned_of(tmp_path, c
     assert read(root)[1]["duplicates"] == 0
 
 
-def test_the_parallel_decode_is_load_image_one_by_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("start", ["fork", "spawn"])  # workers write into shared memory; or send pixels
+def test_the_parallel_decode_is_load_image_one_by_one(tmp_path, monkeypatch, start):
     rng = np.random.default_rng(0)
     root = tmp_path / "pics"
     for split, n in (("train", 24), ("test", 9)):
@@ -299,33 +300,40 @@ def test_the_parallel_decode_is_load_image_one_by_one(tmp_path, monkeypatch):
                 fmt = ["png", "jpg", "bmp", "gif", "webp", "tif"][i % 6]
                 (root / split / name).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pixels).save(root / split / name / f"{i:02d}.{fmt}")
+    broken = root / "train" / "b" / "00.png"
+    broken.write_text("broken")  # its row: zero, then left out
     pools = []
-    real = multiprocessing.get_context
-    monkeypatch.setattr(multiprocessing, "get_context", lambda *a: pools.append(a) or real(*a))
-    parallel, _ = read(root, workers=2, image_size=12)
-    assert len(pools) == 1  # a pool of workers decoded it
-    serial, _ = read(root, workers=1, image_size=12)
-    assert len(pools) == 1
+    real = multiprocessing.context.BaseContext.Pool
+    monkeypatch.setattr(multiprocessing.context.BaseContext, "Pool",
+                        lambda ctx, *a, **kw: pools.append(ctx.get_start_method()) or real(ctx, *a, **kw))
+    monkeypatch.setattr(decode, "START", start)
+    parallel, _ = read(root, workers=2, image_size=12, skip_bad=True)
+    assert pools == [start]  # a pool of workers decoded it
+    serial, _ = read(root, workers=1, image_size=12, skip_bad=True)
+    assert pools == [start]
     for split in ("train", "test"):
-        files = sorted((root / split).rglob("*.*"))
+        files = [f for f in sorted((root / split).rglob("*.*")) if f != broken]
         one_by_one = np.stack([load_image(f, 12)[0].transpose(2, 0, 1) for f in files])
         assert np.array_equal(getattr(parallel, f"x_{split}"), one_by_one)
         assert np.array_equal(getattr(serial, f"x_{split}"), one_by_one)
-        assert getattr(parallel, f"y_{split}").tolist() == [k for k in range(3) for _ in range(len(files) // 3)]
+        assert getattr(parallel, f"y_{split}").tolist() == ["abc".index(f.parent.name) for f in files]
 
 
-def test_decode_into_fills_the_given_arrays_and_marks_failures(tmp_path):
+def test_decode_all_marks_failures_and_zeroes_their_rows(tmp_path):
     paths = []
     for i in range(10):
-        paths.append(str(solid(tmp_path / f"{i}.png", i, mode="L")))
+        paths.append(str(solid(tmp_path / f"{i}.png", i + 1, mode="L")))
     (tmp_path / "3.png").write_text("broken")
-    out = [np.full((7, 3, 4, 4), 99, np.uint8), np.full((3, 3, 4, 4), 99, np.uint8)]
-    found = decode_into([paths[:7], paths[7:]], out, 4, workers=2, progress=False)
-    assert found[0].ok.tolist() == [True, True, True, False, True, True, True]
-    assert found[0].reasons == {3: "not an image (PNG, JPEG, BMP, GIF, WebP or TIFF expected)"}
-    assert [int(v) for v in out[0][:, 0, 0, 0]] == [0, 1, 2, 0, 4, 5, 6]
-    assert [int(v) for v in out[1][:, 1, 3, 3]] == [7, 8, 9] and found[1].ok.all()
-    assert len(set(found[0].digests[found[0].ok].tolist())) == 6
+    (tmp_path / "9.png").unlink()
+    (x0, found0), (x1, found1) = decode_all([paths[:7], paths[7:]], 4, workers=2, progress=False)
+    assert x0.shape == (7, 3, 4, 4) and x1.shape == (3, 3, 4, 4) and x0.dtype == np.uint8
+    assert found0.ok.tolist() == [True, True, True, False, True, True, True]
+    assert found0.reasons == {3: "not an image (PNG, JPEG, BMP, GIF, WebP or TIFF expected)"}
+    assert [int(v) for v in x0[:, 0, 0, 0]] == [1, 2, 3, 0, 5, 6, 7]
+    assert [int(v) for v in x1[:, 1, 3, 3]] == [8, 9, 0] and found1.ok.tolist() == [True, True, False]
+    assert found1.reasons[2].startswith("cannot read: [Errno 2] No such file or directory")
+    assert len(set(found0.digests[found0.ok].tolist())) == 6 and found1.digests[2] == b""
+    assert not decode._out  # the shared arrays are the caller's alone
 
 
 def test_compact_keeps_rows_in_place_in_order():

@@ -12,12 +12,13 @@ serve take RGB. A picture is decoded on every core straight into the final array
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from vitlens.data.decode import Decoded, compact, decode_into
+from vitlens.data.decode import Decoded, compact, decode_all
 from vitlens.data.imageset import DataError, ImageSet
 from vitlens.data.scan import Found, listing, scan
 
@@ -50,10 +51,10 @@ def read_folder(path: Path, *, image_size: int, test_size: float, seed: int, ski
         raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
     found = scan(Path(path), test_size=test_size, seed=seed)
     root = found.root
-    x = {s: np.empty((len(found.files[s]), 3, image_size, image_size), np.uint8) for s in SPLITS}
-    decoded = dict(zip(SPLITS, decode_into(
-        [[str(root / f) for f in found.files[s]] for s in SPLITS], [x[s] for s in SPLITS],
-        image_size, workers=workers, progress=progress, desc=f"reading {root.name or root}")))
+    arrays = decode_all([[os.path.join(root, f) for f in found.files[s]] for s in SPLITS], image_size,
+                        workers=workers, progress=progress, desc=f"reading {root.name or root}")
+    x = {s: a for s, (a, _) in zip(SPLITS, arrays)}
+    decoded = {s: d for s, (_, d) in zip(SPLITS, arrays)}
     bad = sorted(f"{found.files[s][i]} ({why})" for s in SPLITS for i, why in decoded[s].reasons.items())
     if bad and not skip_bad:
         raise DataError(f"{len(bad)} unreadable picture(s) in {root}: {listing(bad)}: fix or remove "

@@ -51,9 +51,9 @@ def pictures(folder: Path) -> list[str]:
     out = []
     for here, dirs, names in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if visible(d)]
-        rel = Path(here).relative_to(folder)
-        out += [(rel / n).as_posix() for n in names
-                if visible(n) and os.path.splitext(n)[1].lower() in SUFFIXES]
+        rel = Path(here).relative_to(folder).as_posix()
+        prefix = "" if rel == "." else f"{rel}/"  # strings, not a Path per file: 60,000 files
+        out += [prefix + n for n in names if visible(n) and os.path.splitext(n)[1].lower() in SUFFIXES]
     return sorted(out)
 
 
