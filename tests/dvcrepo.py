@@ -14,7 +14,7 @@ import yaml
 from conftest import PROJECT_ROOT, shrink, write_params
 
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ("dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "src")
+PROJECT_FILES = ("dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "src", "data/pictures")
 DVC_STAGES = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
 STAGES = list(DVC_STAGES)  # in file order, which is the order they run in
 PIPELINE = ["download", "train", "publish", "evaluate", "visualize", "faithfulness"]  # then maybe more

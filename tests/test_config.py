@@ -1,6 +1,7 @@
 """params.yaml validation: every mistake is one ConfigError line that names the key."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,25 @@ def test_batch_size_must_split_evenly_over_processes(params_dict: dict) -> None:
         parse_params(params_dict)
     params_dict["train"]["nproc"] = 4
     assert parse_params(params_dict).train.nproc == 4
+
+
+@pytest.mark.parametrize("edits,says", [
+    ({"data.source": "folder", "data.path": ""}, "data.source=folder needs data.path"),
+    ({"model.image_size": 64, "model.patch_size": 8}, "data.source=cifar10 holds 32-pixel pictures"),
+    ({"data.md5": "abc"}, "data.md5='abc' must be 32 hex digits"),
+    ({"data.source": "imagenet"}, "data.source='imagenet' must be one of cifar10, cifar100, folder"),
+    ({"data.labels": "mixed"}, "data.labels='mixed' must be one of fine, coarse")])
+def test_data_sources_are_checked_on_load(params_dict: dict, edits: dict, says: str) -> None:
+    for key, value in edits.items():
+        section, name = key.split(".")
+        params_dict[section][name] = value
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        parse_params(params_dict)
+
+
+def test_a_folder_at_another_size_and_the_official_archives_by_default_load(params_dict: dict) -> None:
+    params_dict["data"].update(source="folder", path="/data/flowers")
+    params_dict["model"].update(image_size=64, patch_size=8)
+    p = parse_params(params_dict)
+    assert (p.data.source, p.data.path, p.model.image_size) == ("folder", "/data/flowers", 64)
+    assert (p.data.url, p.data.md5) == ("", "")  # params.yaml's: the source's official archive

@@ -94,6 +94,7 @@ def test_the_command_line_writes_the_arrays_or_fails_in_one_line(tmp_path: Path,
     assert "200 train + 40 test images, 10 classes" in r.stdout
     assert_dataset(stage.out)
     stage.out.unlink()
+    stage.out.with_suffix(".json").unlink()  # the summary beside it
     r = stage(md5="0" * 32)
     assert_failed(r, f"expected {'0' * 32}, got {cifar_archive.md5}")
     assert r.stderr.count("\n") == 1 and r.stdout == ""
@@ -141,7 +142,7 @@ def test_local_archive(stage: Stage, cifar_archive, form: str) -> None:
     assert r.returncode == 0, r.stderr
     assert "200 train + 40 test images, 10 classes" in r.stdout
     assert_dataset(stage.out)
-    assert list(stage.out.parent.iterdir()) == [stage.out]
+    assert sorted(stage.out.parent.iterdir()) == sorted([stage.out, stage.out.with_suffix(".json")])
     assert stat.S_IMODE(stage.out.stat().st_mode) == 0o666 & ~_umask()
 
 
@@ -153,7 +154,7 @@ def test_rerun_gives_identical_arrays(stage: Stage, cifar_archive) -> None:
     for key in ("x_train", "y_train", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(runs[0], key), getattr(runs[1], key))
     assert runs[0].classes == runs[1].classes
-    assert list(stage.out.parent.iterdir()) == [stage.out]
+    assert sorted(stage.out.parent.iterdir()) == sorted([stage.out, stage.out.with_suffix(".json")])
 
 
 def test_rerun_replaces_output_of_an_interrupted_run(stage: Stage, cifar_archive) -> None:
@@ -163,7 +164,7 @@ def test_rerun_replaces_output_of_an_interrupted_run(stage: Stage, cifar_archive
     r = stage(url=str(cifar_archive.path), md5=cifar_archive.md5)
     assert r.returncode == 0, r.stderr
     assert_dataset(stage.out)
-    assert tree(stage.out.parent) == sorted([stage.out, stale])  # no new temp file
+    assert tree(stage.out.parent) == sorted([stage.out, stage.out.with_suffix(".json"), stale])  # no new temp
 
 
 # --- failures ----------------------------------------------------------------------------

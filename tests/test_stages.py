@@ -252,3 +252,9 @@ def test_stage_commands_import_the_code_beside_them(tmp_path):
         assert r.returncode == 0, r.stderr
         assert [Path(f) for f in r.stdout.split()] == [
             tmp_path / "src/vitlens/stages" / f"{n}.py" for n in names]
+
+
+def test_the_registered_name_follows_the_dataset():
+    from vitlens.pipeline.publish import registered_model_name
+    assert registered_model_name("vitlens-{data}", "cifar100") == "vitlens-cifar100"
+    assert registered_model_name("mine", "flowers") == "mine"

@@ -421,3 +421,30 @@ def test_the_warnings_constant_is_the_cpu_presets_flops_per_image(params_dict):
 
     cpu = preset.apply(parse_params(params_dict), preset.MODEL)
     assert CPU_PRESET_FLOPS_PER_IMAGE == pytest.approx(train_flops_per_image(cpu.model), rel=0.01)
+
+
+def test_the_run_records_its_dataset_with_a_digest_of_all_of_it(tiny_params, cifar_npz, tmp_path,
+                                                                mlflow_store):
+    """mlflow.log_input: the name, the source, images per split and class, the image size and
+    a digest of every image; two runs on the same data show the same digest, other data another."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    data = load_arrays(cifar_npz)
+    digests = []
+    for i in range(2):
+        rec = stage(tiny_params(**{"train.epochs": 1}), cifar_npz, tmp_path / str(i))
+        [inp] = MlflowClient().get_run(rec["mlflow_run_id"]).inputs.dataset_inputs
+        ds = inp.dataset
+        assert ds.name == "cifar10" and json.loads(ds.source)["uri"] == data.source
+        profile = json.loads(ds.profile)
+        assert (profile["train"], profile["test"], profile["image_size"]) == (400, 100, 32)
+        assert profile["per_class"]["airplane"] == {"train": int((data.y_train == 0).sum()),
+                                                    "test": int((data.y_test == 0).sum())}
+        assert [t.value for t in inp.tags if t.key == "mlflow.data.context"] == ["train"]
+        digests.append(ds.digest)
+    assert digests[0] == digests[1] == data.digest()[:32]
+    last = data.x_test.copy()
+    last[-1, 0, -1, -1] ^= 1  # one bit of the last image: MLflow's own digest reads the first rows
+    assert dataclasses.replace(data, x_test=last).digest() != data.digest()

@@ -8,6 +8,7 @@ dtype and shape are checked after loading.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import tarfile
@@ -29,6 +30,7 @@ TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # the official archives'
 class Layout:
     """Where an official archive keeps its batches, labels and class names."""
 
+    name: str  # the dataset's, as runs and registered models are named
     url: str
     md5: str  # of the official archive: only it must hold TRAIN_IMAGES + TEST_IMAGES
     root: str  # the folder inside the archive
@@ -40,7 +42,7 @@ class Layout:
     classes: int
 
 
-CIFAR10 = Layout("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+CIFAR10 = Layout("cifar10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                  "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
                  tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
                  "labels", "label_names", 10)
@@ -50,7 +52,8 @@ OFFICIAL_MD5 = CIFAR10.md5
 def cifar100(labels: str = "fine") -> Layout:
     """CIFAR-100 with its 100 fine classes, or its 20 coarse superclasses."""
     assert labels in ("fine", "coarse"), f"labels must be fine or coarse, got {labels!r}"
-    return Layout("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    return Layout("cifar100" if labels == "fine" else "cifar100-coarse",
+                  "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                   "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python", ("train",), "test", "meta",
                   f"{labels}_labels", f"{labels}_label_names", 100 if labels == "fine" else 20)
 
@@ -152,7 +155,7 @@ def read_archive(archive: Path, *, official: bool, layout: Layout = CIFAR10) -> 
     train = [_parse_batch(raw[n], n, layout) for n in layout.train]
     x_test, y_test = _parse_batch(raw[layout.test], layout.test, layout)
     data = ImageSet(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                    x_test, y_test, _parse_meta(raw[layout.meta], layout))
+                    x_test, y_test, _parse_meta(raw[layout.meta], layout), name=layout.name)
     if official and (len(data.x_train), len(data.x_test)) != (TRAIN_IMAGES, TEST_IMAGES):
         raise DataError(f"the official archive must hold 50000 + 10000 images, got "
                         f"{len(data.x_train)} + {len(data.x_test)}")
@@ -168,16 +171,17 @@ def prepare(url: str, md5: str, out: Path, *, retries: int, timeout_s: float,
     if src is not None:
         if not src.is_file():
             raise DataError(f"data.url={url!r}: no such file {src}")
-        return _convert(src, md5, out, layout)
+        return _convert(src, md5, out, layout, url)
     with tempfile.TemporaryDirectory(prefix="vitlens-download-") as d:
         archive = Path(d) / Path(urllib.parse.urlparse(url).path).name
         download(url, archive, retries=retries, timeout_s=timeout_s)
-        return _convert(archive, md5, out, layout)
+        return _convert(archive, md5, out, layout, url)
 
 
-def _convert(archive: Path, md5: str, out: Path, layout: Layout) -> ImageSet:
+def _convert(archive: Path, md5: str, out: Path, layout: Layout, url: str) -> ImageSet:
     verify_md5(archive, md5)
     data = read_archive(archive, official=md5.lower() == layout.md5, layout=layout)
+    data = dataclasses.replace(data, source=url)
     save_arrays(data, out)
     return data
 

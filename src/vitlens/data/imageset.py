@@ -1,12 +1,14 @@
 """The neutral record every source ends in: uint8 images (N, C, H, W), int64 labels and
-the class names, for a training and a test split; saved and loaded as one uncompressed .npz.
-"""
+the class names, for a training and a test split, with the dataset's name and where it came
+from; saved and loaded as one uncompressed .npz. Nothing after the first stage reads more."""
 from __future__ import annotations
 
+import hashlib
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,17 +22,45 @@ class DataError(VitlensError):
 
 @dataclass(frozen=True)
 class ImageSet:
-    x_train: np.ndarray  # (N, 3, 32, 32) uint8
-    y_train: np.ndarray  # (N,) int64
+    x_train: np.ndarray  # (N, 3, S, S) uint8
+    y_train: np.ndarray  # (N,) int64, indices into classes
     x_test: np.ndarray
     y_test: np.ndarray
     classes: list[str]
+    name: str = "dataset"  # cifar10, cifar100, the folder's name: what runs and models are named by
+    source: str = ""  # the archive's URL or the folder's path, for the record
+    skipped: int = 0  # unreadable pictures left out (data.skip_bad)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[-1])
+
+    def digest(self) -> str:
+        """SHA-256 of every image, label and class name, in order: the same data gives the
+        same digest (MLflow's own digest of numpy data hashes only the first rows)."""
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).data)
+        h.update("\n".join(self.classes).encode())
+        return h.hexdigest()
+
+    def about(self) -> dict[str, Any]:
+        """What MLflow records of the dataset and a user reads: name, source, digest, image
+        size, images per split and per class, pictures skipped."""
+        n = len(self.classes)
+        train, test = np.bincount(self.y_train, minlength=n), np.bincount(self.y_test, minlength=n)
+        return {"name": self.name, "source": self.source, "digest": self.digest(),
+                "image_size": self.image_size, "classes": n, "train": len(self.y_train),
+                "test": len(self.y_test), "skipped": self.skipped,
+                "per_class": {c: {"train": int(a), "test": int(b)} for c, a, b in zip(self.classes, train, test)}}
 
 
 def save_arrays(data: ImageSet, out: Path) -> None:
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
-                 y_test=data.y_test, classes=np.array(data.classes))
+                 y_test=data.y_test, classes=np.array(data.classes), name=np.array(data.name),
+                 source=np.array(data.source), skipped=np.array(data.skipped))
 
 
 def load_arrays(path: str | Path) -> ImageSet:
@@ -39,8 +69,11 @@ def load_arrays(path: str | Path) -> ImageSet:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise ValueError("not an .npz archive")
+            about: dict[str, Any] = {k: str(z[k]) for k in ("name", "source") if k in z}
+            if "skipped" in z:  # files of older versions lack name, source and skipped
+                about["skipped"] = int(z["skipped"])
             return ImageSet(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
-                           [str(c) for c in z["classes"]])
+                            [str(c) for c in z["classes"]], **about)
     except FileNotFoundError:
         raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
     except (KeyError, ValueError, OSError, EOFError, TypeError, zlib.error, zipfile.BadZipFile) as e:

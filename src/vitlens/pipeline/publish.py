@@ -31,6 +31,11 @@ def snapshot_strips(snapshots: dict[str, Any] | None) -> Iterator[tuple[int, np.
         yield int(epoch), overlay_strip(images, upsample_map(rollout.float(), images.shape[-1]).numpy())
 
 
+def registered_model_name(template: str, dataset: str) -> str:
+    """tracking.registered_model with `{data}` the dataset's name: vitlens-{data} -> vitlens-cifar10."""
+    return template.replace("{data}", dataset)
+
+
 def run_publish(params_path: str | Path, model_path: Path, data_path: Path, out: Path) -> dict:
     """Log the strips and the served model into the model's training run; write `out` (the
     run id and the URI to load the served model by, null when not logged)."""
@@ -42,11 +47,12 @@ def run_publish(params_path: str | Path, model_path: Path, data_path: Path, out:
         for epoch, strip in snapshot_strips(trained.record.get("snapshots")):
             run.log_image(strip, key=IMAGE_KEY, step=epoch)
         if params.tracking.log_model:
+            data = load_arrays(data_path)
             # Two real test images: a batch of one would fix the exported batch size at 1.
-            example = to_pixels(load_arrays(data_path).x_test[:2])
-            published["model_uri"] = log_model(run, trained.pixel_classifier(), example,
+            published["model_uri"] = log_model(run, trained.pixel_classifier(), to_pixels(data.x_test[:2]),
                                                classes=trained.classes,
-                                               registered_model=params.tracking.registered_model)
+                                               registered_model=registered_model_name(
+                                                   params.tracking.registered_model, data.name))
     write_json(out, published)
     if run is None:
         print("tracking is off or the model was trained untracked: nothing to publish")

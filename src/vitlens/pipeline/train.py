@@ -25,7 +25,8 @@ from vitlens.train.loop import train, training_flops
 from vitlens.train.plan import Plan, plan_run
 
 
-def start_run(params: Params, previous_run_id: str, plan: Plan, commit: str) -> runs.Run | None:
+def start_run(params: Params, previous_run_id: str, plan: Plan, commit: str,
+              data: ImageSet) -> runs.Run | None:
     if not params.tracking.enabled:
         return None
     if previous_run_id:
@@ -37,6 +38,7 @@ def start_run(params: Params, previous_run_id: str, plan: Plan, commit: str) -> 
             "torch_version": torch.__version__, **runs.dvc_tags()}
     run = runs.create_run(params.tracking.experiment, os.environ.get("DVC_EXP_NAME"), tags)
     run.log_params(params.flat())
+    run.log_dataset(data.about())
     return run
 
 
@@ -71,7 +73,7 @@ def run_training(params: Params, data_path: Path, out: Path, history_path: Path,
     try:
         if dist.main:
             commit = runs.git_commit()
-            run = start_run(params, state["run_id"] if state else "", plan, commit)
+            run = start_run(params, state["run_id"] if state else "", plan, commit, data)
             if run is not None and state is not None:
                 run.log_missing_epochs(state["history"])
             with runs.finishing(run):

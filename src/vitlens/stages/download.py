@@ -1,26 +1,22 @@
-"""DVC stage `download`: CIFAR-10 archive -> data/cifar10.npz (reads data.url, data.md5,
-data.retries, data.timeout_s)."""
+"""DVC stage `download`: data.source (the CIFAR-10 or CIFAR-100 archive, or the folder at
+data.path) -> data/dataset.npz and its summary data/dataset.json (reads data.source, url,
+md5, labels, path, test_size, skip_bad, retries, timeout_s, val_seed; model.image_size)."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from vitlens.config import load_params
-from vitlens.data.cifar import prepare
 from vitlens.errors import run_main
+from vitlens.pipeline.download import run_download
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--out", type=Path, default=Path("data/cifar10.npz"))
+    ap.add_argument("--out", type=Path, default=Path("data/dataset.npz"))
+    ap.add_argument("--summary", type=Path, help="default: beside --out, as .json")
     args = ap.parse_args()
-    d = load_params(args.params).data
-    t0 = time.perf_counter()
-    data = prepare(d.url, d.md5, args.out, retries=d.retries, timeout_s=d.timeout_s)
-    print(f"wrote {args.out}: {len(data.x_train)} train + {len(data.x_test)} test images, "
-          f"{len(data.classes)} classes in {time.perf_counter() - t0:.1f}s")
+    run_download(args.params, args.out, args.summary or args.out.with_suffix(".json"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""DVC stage `train`: data/cifar10.npz -> models/model.pt + per-epoch history
+"""DVC stage `train`: data/dataset.npz -> models/model.pt + per-epoch history
 (reads data.val_size, data.val_seed, data.train_subset, model.*, train.*, tracking.enabled;
 tracking.experiment names where a new run is filed, not what trains, so it is no dependency:
 a new name takes effect at the next training)."""
@@ -16,7 +16,7 @@ from vitlens.train import distributed
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data", type=Path, default=Path("data/cifar10.npz"))
+    ap.add_argument("--data", type=Path, default=Path("data/dataset.npz"))
     ap.add_argument("--out", type=Path, default=Path("models/model.pt"))
     ap.add_argument("--history", type=Path, default=Path("reports/train/history.csv"))
     ap.add_argument("--checkpoint", type=Path, default=Path("models/checkpoint.pt"))

@@ -14,7 +14,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", type=Path, default=Path("models/model.pt"))
-    ap.add_argument("--data", type=Path, default=Path("data/cifar10.npz"))
+    ap.add_argument("--data", type=Path, default=Path("data/dataset.npz"))
     ap.add_argument("--out-dir", type=Path, default=Path("reports/figures"))
     args = ap.parse_args()
     run_visualize(args.params, args.model, args.data, args.out_dir)

@@ -108,6 +108,22 @@ class Run:
                   lambda: retry(self.client.log_image, self.id, image, key=key, step=step,
                                  synchronous=True))
 
+    def log_dataset(self, about: dict[str, Any], context: str = "train") -> None:
+        """The run's input dataset (MLflow's Dataset: name, digest, source, the rest as its
+        profile), from ImageSet.about(); the digest is cut to the 32 hex digits MLflow's
+        stores keep."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        source = str(about["source"])
+        kind = "http" if source.startswith(("http://", "https://")) else "local"
+        profile = {k: v for k, v in about.items() if k not in ("name", "digest", "source")}
+        ds = Dataset(name=str(about["name"]), digest=str(about["digest"])[:32], source_type=kind,
+                     source=json.dumps({"uri": source}), profile=json.dumps(profile))
+        inp = DatasetInput(ds, [InputTag("mlflow.data.context", context)])
+        self.attempt("the dataset", lambda: retry(self.client.log_inputs, self.id, datasets=[inp]))
+
     def reopen(self) -> None:
         """Mark a resumed run RUNNING again (it was left KILLED or FAILED) and point its DVC
         tags at the experiment resuming it, not the one that started it."""

@@ -1,173 +1,20 @@
-"""Typed, validated params: `params.yaml` is the single source of every value.
-
-Every key must be present and known; a wrong type or an out-of-range value raises a
-ConfigError whose one line names the key, the value and what is allowed.
+"""params.yaml -> validated Params: every key must be present and known; a wrong type or an
+out-of-range value raises a ConfigError whose one line names the key, the value and what is
+allowed.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import re
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
-from vitlens.errors import VitlensError
-
-
-class ConfigError(VitlensError):
-    pass
-
-
-def spec(**rules: Any) -> Any:
-    """A required field with validation rules: gt, ge, le, lt, choices."""
-    return field(metadata=rules)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    url: str = spec()
-    md5: str = spec()
-    retries: int = spec(ge=0, le=10)
-    timeout_s: float = spec(gt=0)
-    val_size: int = spec(ge=1)
-    val_seed: int = spec(ge=0)
-    train_subset: int = spec(ge=0)
-
-
-POS_EMBEDS = ("learned", "sincos")  # learned positions, or fixed 2-D sin-cos ones
-STEMS = ("patch", "conv")  # one linear map per patch (ViT), or small strided convs
-POOLS = ("cls", "mean")  # the head reads the CLS token, or the mean of the patch tokens
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    image_size: int = spec(ge=1)
-    patch_size: int = spec(ge=1)
-    dim: int = spec(ge=1)
-    depth: int = spec(ge=1)
-    heads: int = spec(ge=1)
-    mlp_ratio: float = spec(gt=0)
-    dropout: float = spec(ge=0, lt=1)
-    attn_dropout: float = spec(ge=0, lt=1)
-    drop_path: float = spec(ge=0, lt=1)
-    token_drop: float = spec(ge=0, lt=1)
-    pos_embed: str = spec(choices=POS_EMBEDS)
-    stem: str = spec(choices=STEMS)
-    pool: str = spec(choices=POOLS)
-    lsa: bool = spec()  # locality self-attention: no self-attention, a learned scale
-
-
-# torch.compile's modes: reduce-overhead adds CUDA graphs; max-autotune* search kernels (minutes)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA and native-bf16 CPUs (device.use_bf16)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = spec(ge=1)
-    batch_size: int = spec(ge=1)
-    lr: float = spec(gt=0)
-    min_lr: float = spec(ge=0)
-    weight_decay: float = spec(ge=0)
-    warmup_epochs: float = spec(ge=0)
-    label_smoothing: float = spec(ge=0, lt=1)
-    label_smoothing_decay: bool = spec()  # linearly from label_smoothing to 0 over the run
-    token_drop_decay: bool = spec()  # model.token_drop in the first epoch, linearly to 0 in the last
-    ema: float = spec(ge=0, lt=1)  # per-step decay of the weights' moving average; 0 = off
-    grad_clip: float = spec(ge=0)
-    crop_padding: int = spec(ge=0)
-    flip: bool = spec()
-    cutout: int = spec(ge=0)  # side of a square blanked in each training image; 0 = off
-    seed: int = spec(ge=0)
-    device: str = spec(choices=("auto", "cpu", "cuda", "mps"))
-    precision: str = spec(choices=PRECISIONS)
-    compile: bool = spec()
-    compile_mode: str = spec(choices=COMPILE_MODES)
-    threads: int = spec(ge=0)
-    nproc: int = spec(ge=1)
-    snapshot_images: int = spec(ge=0, le=64)
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    batch_size: int = spec(ge=1)
-    flip_tta: bool = spec()  # also report test metrics of logits averaged with the mirrored image
-
-
-@dataclass(frozen=True)
-class VisualizeConfig:
-    num_images: int = spec(ge=1, le=64)
-    seed: int = spec(ge=0)
-    indices: list[int] = spec()
-    distance_images: int = spec(ge=1)
-
-
-FAITHFULNESS_METHODS = ("rollout", "grad_rollout", "last_layer", "random")
-
-
-@dataclass(frozen=True)
-class FaithfulnessConfig:
-    images: int = spec(ge=1)
-    steps: int = spec(ge=1)
-    methods: list[str] = spec(choices=FAITHFULNESS_METHODS)
-    seed: int = spec(ge=0)
-    batch_size: int = spec(ge=1)
-    blur_kernel: int = spec(ge=1)
-    blur_sigma: float = spec(gt=0)
-    bootstrap: int = spec(ge=1)
-    confidence: float = spec(gt=0, lt=1)
-    show_images: int = spec(ge=1, le=16)
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    images: int = spec(ge=1, le=1000)
-    seed: int = spec(ge=0)
-    layers: list[int] = spec()
-    heads: list[int] = spec()
-    class_images: int = spec(ge=1)
-    batch_size: int = spec(ge=1)
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    enabled: bool = spec()
-    experiment: str = spec()
-    log_model: bool = spec()
-    registered_model: str = spec()
-
-
-@dataclass(frozen=True)
-class Params:
-    data: DataConfig
-    model: ModelConfig
-    train: TrainConfig
-    evaluate: EvaluateConfig
-    visualize: VisualizeConfig
-    faithfulness: FaithfulnessConfig
-    report: ReportConfig
-    tracking: TrackingConfig
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def flat(self) -> dict[str, Any]:
-        """`{"model.dim": 192, ...}`, the form MLflow params and `dvc exp run -S` use."""
-        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
-
-    def digest(self, *sections: str, exclude: Collection[str] = ()) -> str:
-        """A stable hash of the given sections less the `exclude` keys ("section.key")."""
-        d = {s: {k: v for k, v in dataclasses.asdict(getattr(self, s)).items()
-                 if f"{s}.{k}" not in exclude} for s in sections}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+from vitlens.config.schema import ConfigError, Params
 
 
 def _type_ok(value: Any, typ: Any) -> bool:
@@ -245,8 +92,7 @@ def _cross_checks(p: Params) -> None:
                           f"train.nproc={t.nproc} (each process takes an equal share of a batch)")
     if t.min_lr > t.lr:
         raise ConfigError(f"train.min_lr={t.min_lr:g} must be <= train.lr={t.lr:g}")
-    if not re.fullmatch(r"[0-9a-fA-F]{32}", p.data.md5):
-        raise ConfigError(f"data.md5={p.data.md5!r} must be 32 hex digits")
+    _data_checks(p)
     f = p.faithfulness
     if not f.methods or len(set(f.methods)) < len(f.methods):
         raise ConfigError(f"faithfulness.methods={f.methods!r} must name each method once, at least one")
@@ -256,6 +102,18 @@ def _cross_checks(p: Params) -> None:
             raise ConfigError(f"report.{key}={chosen!r} must name each of 1-{top} at most once ([] = all)")
     if f.blur_kernel % 2 == 0:
         raise ConfigError(f"faithfulness.blur_kernel={f.blur_kernel} must be odd")
+
+
+def _data_checks(p: Params) -> None:
+    d = p.data
+    if d.md5 and not re.fullmatch(r"[0-9a-fA-F]{32}", d.md5):
+        raise ConfigError(f"data.md5={d.md5!r} must be 32 hex digits (or \"\": the official archive's)")
+    if d.source == "folder" and not d.path:
+        raise ConfigError("data.source=folder needs data.path: a folder of <class>/<picture> "
+                          "(or train/<class>/... and test/<class>/...)")
+    if d.source != "folder" and p.model.image_size != 32:
+        raise ConfigError(f"data.source={d.source} holds 32-pixel pictures: model.image_size must be "
+                          f"32, got {p.model.image_size} (other sizes: data.source=folder)")
 
 
 def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -298,3 +156,4 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     return parse_params(raw)
+
