@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from vitlens.data.augment import CropFlip
-from vitlens.data.imageset import ImageSet
-from vitlens.data.normalize import Normalizer
+from vitlens.data.imageset import ImageSet, load_arrays
+from vitlens.data.normalize import Normalizer, channel_stats
 from vitlens.data.split import batch_indices, split_train_val
 
 
@@ -116,3 +116,30 @@ def test_crop_flip_picks_the_indexed_images():
     for i, j in enumerate(idx.tolist()):
         assert any(torch.equal(c, out[i]) or torch.equal(c.flip(-1), out[i])
                    for c in crops_of(x[j]))
+
+
+def test_the_training_images_are_mapped_not_read(tmp_path):
+    """load_arrays maps x_train from the file (the split makes the one copy in memory)."""
+    from vitlens.data.imageset import save_arrays
+    data = fake_cifar(64)
+    save_arrays(data, tmp_path / "d.npz")
+    loaded = load_arrays(tmp_path / "d.npz")
+    assert isinstance(loaded.x_train, np.memmap) and not loaded.x_train.flags.writeable
+    np.testing.assert_array_equal(loaded.x_train, data.x_train)
+    np.testing.assert_array_equal(loaded.x_test, data.x_test)
+
+
+def test_channel_stats_never_copy_the_images_as_floats(monkeypatch):
+    import tracemalloc
+
+    from vitlens.data import normalize
+    monkeypatch.setattr(normalize, "STATS_CHUNK", 512)  # chunks of 3 MB of floats
+    x = np.random.default_rng(0).integers(0, 256, (20_000, 3, 16, 16), dtype=np.uint8)  # 15 MB
+    flat = x.transpose(1, 0, 2, 3).reshape(3, -1) / 255
+    tracemalloc.start()
+    mean, std = channel_stats(x)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < x.nbytes, f"{peak / 1e6:.0f} MB for {x.nbytes / 1e6:.0f} MB of images"  # float64: 8x
+    np.testing.assert_allclose(mean, flat.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(std, flat.std(axis=1), rtol=1e-12)

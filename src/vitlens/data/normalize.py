@@ -8,11 +8,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+STATS_CHUNK = 4096  # images per float64 chunk: bounded memory for any number of images
+
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units."""
-    xf = x.reshape(len(x), 3, -1).transpose(1, 0, 2).reshape(3, -1).astype(np.float64) / 255
-    return xf.mean(axis=1).tolist(), xf.std(axis=1).tolist()
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units: two passes
+    over chunks (the mean, then the squared deviations), never a float copy of all of x."""
+    chunks = range(0, len(x), STATS_CHUNK)
+    count = x[:1].size // x.shape[1] * len(x)  # values per channel
+    total = sum(x[i:i + STATS_CHUNK].sum(axis=(0, 2, 3), dtype=np.float64) for i in chunks)
+    mean = np.asarray(total) / count / 255
+    sq = sum((((x[i:i + STATS_CHUNK] / 255) - mean[:, None, None]) ** 2).sum(axis=(0, 2, 3))
+             for i in chunks)
+    return mean.tolist(), np.sqrt(np.asarray(sq) / count).tolist()
 
 
 def normalize(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
