@@ -116,7 +116,8 @@ def decode_all(paths: Sequence[Sequence[str]], size: int, *, workers: int = 0, p
                desc: str = "decoding") -> list[tuple[np.ndarray, Decoded]]:
     """Decode each group of paths into a uint8 (len(group), 3, size, size) array on `workers`
     processes (0: every core; 1: here, in this process): one (array, Decoded) per group. Rows
-    of failed files are zero and marked in `Decoded`; the result is the same for any `workers`."""
+    of failed files are zero and marked in `Decoded`; the result is the same for any `workers`.
+    One call at a time in a process: the workers' arrays are this module's while it runs."""
     n = sum(len(p) for p in paths)
     workers = max(1, min(workers or cpu_count(), n))
     step = chunk_size(n, workers)
