@@ -133,7 +133,7 @@ def test_channel_stats_never_copy_the_images_as_floats(monkeypatch):
     import tracemalloc
 
     from vitlens.data import normalize
-    monkeypatch.setattr(normalize, "STATS_CHUNK", 512)  # chunks of 3 MB of floats
+    monkeypatch.setattr(normalize, "STATS_CHUNK", 1 << 18)  # chunks of 2 MB of floats
     x = np.random.default_rng(0).integers(0, 256, (20_000, 3, 16, 16), dtype=np.uint8)  # 15 MB
     flat = x.transpose(1, 0, 2, 3).reshape(3, -1) / 255
     tracemalloc.start()

@@ -8,18 +8,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-STATS_CHUNK = 4096  # images per float64 chunk: bounded memory for any number of images
+STATS_CHUNK = 1 << 22  # values per float64 chunk (32 MB): bounded memory for any number of images
 
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units: two passes
     over chunks (the mean, then the squared deviations), never a float copy of all of x."""
-    chunks = range(0, len(x), STATS_CHUNK)
+    step = max(1, STATS_CHUNK // x[:1].size)  # images per chunk
+    chunks = range(0, len(x), step)
     count = x[:1].size // x.shape[1] * len(x)  # values per channel
-    total = sum(x[i:i + STATS_CHUNK].sum(axis=(0, 2, 3), dtype=np.float64) for i in chunks)
+    total = sum(x[i:i + step].sum(axis=(0, 2, 3), dtype=np.float64) for i in chunks)
     mean = np.asarray(total) / count / 255
-    sq = sum((((x[i:i + STATS_CHUNK] / 255) - mean[:, None, None]) ** 2).sum(axis=(0, 2, 3))
-             for i in chunks)
+    sq = sum((((x[i:i + step] / 255) - mean[:, None, None]) ** 2).sum(axis=(0, 2, 3)) for i in chunks)
     return mean.tolist(), np.sqrt(np.asarray(sq) / count).tolist()
 
 
