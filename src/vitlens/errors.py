@@ -67,3 +67,7 @@ def run_main(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except MemoryError as e:  # numpy's "Unable to allocate ..." names the size it wanted
+        print(f"error: out of memory ({first_line(e) or 'MemoryError'}): a smaller data.train_subset, "
+              "model.image_size or train.batch_size needs less", file=sys.stderr)
+        sys.exit(1)
