@@ -234,12 +234,8 @@ def test_sigterm_in_a_store_write_lets_the_write_finish_then_interrupts(monkeypa
 
 
 def test_running_out_of_memory_is_one_line_that_says_what_needs_less(monkeypatch, capsys):
-    from vitlens.errors import run_main
-
     def too_big() -> None:
         raise MemoryError("Unable to allocate 93.1 GiB for an array with shape (10000000, 3, 32, 32)")
-    with pytest.raises(SystemExit) as exit_:
-        run_main(too_big)
-    err = capsys.readouterr().err
-    assert exit_.value.code == 1 and err.count("\n") == 1
+    code, _, err = run_cli(monkeypatch, capsys, too_big)
+    assert code == 1 and err.count("\n") == 1
     assert err.startswith("error: out of memory (Unable to allocate 93.1 GiB") and "data.train_subset" in err
