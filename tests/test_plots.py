@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from vitlens.plots import figures as plots
@@ -205,6 +206,81 @@ def test_confusion_figure_survives_a_class_without_samples(tmp_path):
 def test_confusion_figure_rejects_wrong_shape():
     with pytest.raises(ValueError, match="10 classes"):
         plots.confusion_figure(np.zeros((9, 9)), CLASSES)
+
+
+def confused(k: int, rng: np.random.Generator, per_class: int = 50) -> np.ndarray:
+    """A plausible (k, k) confusion matrix: about half right, mistakes on a few classes."""
+    p = rng.dirichlet(np.full(k, 0.05), size=k) * 0.5 + np.eye(k) * 0.5
+    return np.stack([rng.multinomial(per_class, row) for row in p])
+
+
+def label_boxes(fig: Figure, labels) -> list:
+    FigureCanvasAgg(fig).draw()  # laid out as saved: the labels' extents in pixels
+    return [t.get_window_extent() for t in labels if t.get_text()]
+
+
+def assert_apart(boxes, axis: str) -> None:
+    """Consecutive tick labels do not overlap along `axis` ("x" or "y")."""
+    lo, hi = ("x0", "x1") if axis == "x" else ("y0", "y1")
+    spans = sorted((getattr(b, lo), getattr(b, hi)) for b in boxes)
+    overlaps = [(a, b) for a, b in zip(spans, spans[1:]) if b[0] < a[1] - 0.5]
+    assert not overlaps, f"{len(overlaps)} overlapping {axis} tick labels"
+
+
+@pytest.mark.parametrize("k", [100, 200])
+def test_a_confusion_figure_of_many_classes_stays_readable(tmp_path, rng, k):
+    """Past 20 classes: no counts in the cells, labels that do not overlap (every class at 100,
+    every other at 200, as large as that allows), a square-root colour scale that shows a few
+    per cent, a table of the top confusions beside it, and a figure of bounded size."""
+    classes = [f"class_{i:03d}" for i in range(k)]
+    cm = confused(k, rng)
+    fig = plots.confusion_figure(cm, classes)
+    ax, table_ax = fig.axes[0], fig.axes[1]
+    assert len(ax.texts) == 0
+    step = 1 if k == 100 else 2
+    assert [t.get_text() for t in ax.get_yticklabels()] == classes[::step]
+    assert [t.get_text() for t in ax.get_xticklabels()] == classes[::step]
+    assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 5
+    assert_apart(label_boxes(fig, ax.get_yticklabels()), "y")
+    assert_apart(label_boxes(fig, ax.get_xticklabels()), "x")
+    share = ax.images[0].get_array()
+    np.testing.assert_allclose(share.sum(axis=1), 1.0)  # row-normalised
+    assert ax.images[0].norm(0.04) >= 0.2  # a 4% confusion is a visible tint
+    [table] = table_ax.tables
+    cells = table.get_celld()
+    top = plots.top_confusions(cm, classes)
+    assert len(top) == 20
+    assert [cells[i + 1, 0].get_text().get_text() for i in range(20)] == [r["true"] for r in top]
+    assert [cells[i + 1, 1].get_text().get_text() for i in range(20)] == [r["predicted"] for r in top]
+    assert f"{k} classes" in fig.get_suptitle()
+    width, height = saved(fig, tmp_path)
+    assert width <= 2500 and height <= 1900
+
+
+def test_the_confusion_figure_grows_with_the_class_count_within_limits():
+    sizes = [tuple(plots.confusion_figure(np.eye(k), [str(i) for i in range(k)]).get_size_inches())
+             for k in (3, 10, 20, 50, 100, 400)]
+    heights = [h for _, h in sizes]
+    assert heights == sorted(heights) and heights[1] < heights[2] < heights[-1] <= 16
+    assert all(w <= 21 for w, _ in sizes)
+
+
+def test_top_confusions_are_the_most_frequent_mistakes_first():
+    names = ["a", "b", "c", "d"]
+    cm = np.array([[9, 3, 0, 0],   # a -> b: 3 of 12
+                   [1, 5, 0, 3],   # b -> d: 3 of 9, a larger share: before a -> b
+                   [0, 0, 0, 0],   # no images of c
+                   [0, 1, 2, 7]])  # d -> c: 2, d -> b and b -> a: 1 each, then in class order
+    assert plots.top_confusions(cm, names) == [
+        {"true": "b", "predicted": "d", "count": 3, "share": 0.3333},
+        {"true": "a", "predicted": "b", "count": 3, "share": 0.25},
+        {"true": "d", "predicted": "c", "count": 2, "share": 0.2},
+        {"true": "b", "predicted": "a", "count": 1, "share": 0.1111},
+        {"true": "d", "predicted": "b", "count": 1, "share": 0.1}]
+    assert len(plots.top_confusions(cm, names, 2)) == 2
+    assert plots.top_confusions(np.eye(4, dtype=int) * 3, names) == []
+    with pytest.raises(ValueError, match="4 classes"):
+        plots.top_confusions(np.zeros((3, 3)), names)
 
 
 class _Broken(Exception):

@@ -56,6 +56,97 @@ def test_evaluate_writes_metrics_plots_and_logs_to_the_run(project, cifar_npz):
     assert "figures/confusion.png" in figures
 
 
+def check_top_confusions(out) -> list[dict]:
+    """out/top_confusions.csv against out/confusion.csv: the most frequent mistakes (at most
+    20), most frequent first, each with its count and its share of the true class."""
+    import csv
+    from collections import Counter
+
+    with open(out / "confusion.csv") as f:
+        pairs = [(r["actual"], r["predicted"]) for r in csv.DictReader(f)]
+    support = Counter(a for a, _ in pairs)
+    mistakes = Counter(p for p in pairs if p[0] != p[1])
+    with open(out / "top_confusions.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["true", "predicted", "count", "share"]
+    assert len(rows) == min(20, len(mistakes))
+    counts = [int(r["count"]) for r in rows]
+    assert counts == sorted(counts, reverse=True)
+    assert counts[:1] == sorted(mistakes.values(), reverse=True)[:1]
+    for r in rows:
+        assert int(r["count"]) == mistakes[r["true"], r["predicted"]] > 0
+        assert float(r["share"]) == pytest.approx(int(r["count"]) / support[r["true"]], abs=1e-4)
+    return rows
+
+
+def test_evaluate_writes_and_logs_the_top_confusions(project, cifar_npz):
+    run_evaluation(str(project / "params.yaml"), project / "models/model.pt", cifar_npz,
+                   project / "reports/eval", project / "reports/metrics.json")
+    check_top_confusions(project / "reports/eval")  # the header alone when nothing is confused
+    logged = {a.path for a in MlflowClient().list_artifacts(run_id_of(project), "evaluation")}
+    assert {"evaluation/per_class.csv", "evaluation/top_confusions.csv"} <= logged
+
+
+def many_classes(root, params_raw, names, size):
+    """A test set of len(names) classes of `size`-pixel pictures (four of each) and an untrained
+    model file for it, as the download and train stages write them; tracking off."""
+    from vitlens.config import parse_params
+    from vitlens.data.imageset import ImageSet, save_arrays
+    from vitlens.model.record import model_record
+    from vitlens.model.vit import build_model
+
+    raw = copy.deepcopy(params_raw)
+    raw["data"].update(source="folder", path="pictures")
+    raw["model"].update(image_size=size, patch_size=size // 8, dim=32, depth=2, heads=2, mlp_ratio=2.0)
+    raw["tracking"]["enabled"] = False
+    params = parse_params(raw)
+    rng = np.random.default_rng(0)
+    y = np.arange(4 * len(names)) % len(names)
+    x = rng.integers(0, 256, (len(y), 3, size, size), dtype=np.uint8)
+    save_arrays(ImageSet(x, y, x.copy(), y.copy(), list(names), name="mine"), root / "data.npz")
+    torch.manual_seed(0)
+    record = model_record(build_model(params.model, len(names)), params, list(names), mean=[0.5] * 3,
+                          std=[0.25] * 3, history=[], git_commit="", run_id=None)
+    torch.save(record, root / "model.pt")
+    return write_params(root / "params.yaml", raw)
+
+
+@pytest.mark.parametrize("k,size", [(100, 64), (5, 96)])
+def test_evaluate_reads_the_classes_and_the_picture_size_from_the_data(project, tmp_path, k, size):
+    names = [f"kind_{i:03d}" for i in range(k)] if k > 5 else ["rose", "tulip", "daisy", "iris", "lily"]
+    params = many_classes(tmp_path, yaml.safe_load((project / "params.yaml").read_text()), names, size)
+    out = tmp_path / "eval"
+    metrics = run_evaluation(params, tmp_path / "model.pt", tmp_path / "data.npz", out, tmp_path / "m.json")
+    assert list(metrics["per_class_accuracy"]) == names and metrics["num_images"] == 4 * k
+    per_class = (out / "per_class.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in per_class[1:]] == names
+    assert {r.split(",")[2] for r in per_class[1:]} == {"4"}
+    top = check_top_confusions(out)
+    assert top and all(r["true"] in names and r["predicted"] in names for r in top)
+    assert_png(out / "confusion.png")
+
+
+@pytest.mark.parametrize("k,size,says", [
+    (100, 32, "was trained on 100 other classes than the 10 of {data}"),
+    (10, 64, "was trained on 64px pictures, {data} holds 32px ones")])
+def test_evaluate_refuses_a_model_of_other_data(project, cifar_npz, tmp_path, monkeypatch, capsys,
+                                                k, size, says):
+    """A model of other classes, or of pictures of another size, is one line, not a wrong
+    score or a traceback."""
+    from conftest import CLASSES
+
+    names = list(CLASSES) if k == 10 else [f"kind_{i:03d}" for i in range(k)]
+    params = many_classes(tmp_path, yaml.safe_load((project / "params.yaml").read_text()), names, size)
+    code, out, err = run_cli(monkeypatch, capsys, evaluate_stage.main, "--params", params,
+                             "--model", tmp_path / "model.pt", "--data", cifar_npz,
+                             "--out-dir", tmp_path / "out", "--metrics", tmp_path / "m.json")
+    assert code == 1 and out == ""
+    assert err == (f"error: {tmp_path / 'model.pt'} {says.format(data=cifar_npz)}: rerun the train "
+                   "stage (dvc repro train)\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_flip_tta_is_reported_beside_the_plain_numbers(project, cifar_npz, tmp_path):
     """evaluate.flip_tta adds the metrics of logits averaged with the mirrored image; the
     plain ones stay exactly what they are without it."""
