@@ -12,6 +12,8 @@ import yaml
 from PIL import Image
 
 from dvcrepo import STAGES, dvc, make_repo, sh, stages_run
+from vitlens.cli.models import FileModel
+from vitlens.cli.predict import run_predict
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +71,11 @@ def test_repro_trains_on_the_folder_at_64_pixels_with_its_class_names(repo, pict
     page = (repo / "reports/explorer/index.html").read_text()
     assert all(f'"{c}"' in page for c in CLASSES)
     assert json.loads(dvc(repo, "status", "--json")) == {}
+    # predict reads the picture at the model's 64 pixels and answers in the folder's names
+    (answer,), errors = run_predict(FileModel(repo / "models/model.pt", torch.device("cpu")),
+                                    [pictures / "lemon" / "00.jpg"], top_k=4, out=repo / "overlays")
+    assert errors == [] and sorted(c for c, _ in answer.top) == CLASSES
+    assert len(list((repo / "overlays").glob("*.png"))) == 1
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "trained on my own pictures")
 
