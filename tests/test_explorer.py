@@ -4,6 +4,7 @@ import dataclasses
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -421,3 +422,148 @@ def test_a_committed_params_yaml_from_before_a_key_skips_the_diff(project, cifar
     run_report(params, project / "models/model.pt", cifar_npz, out)
     doc = explorer_doc(out)
     assert doc["facts"]["params_diff"] is None and len(doc["images"]["labels"]) == 12
+
+
+def other_model(classes: list[str], size: int, patch: int) -> Trained:
+    """An untrained model of `classes` on `size`-pixel pictures, cut in `patch`-pixel patches."""
+    torch.manual_seed(1)
+    vit = ViT(image_size=size, patch_size=patch, num_classes=len(classes), dim=32, depth=LAYERS,
+              heads=HEADS, mlp_ratio=2.0).eval()
+    params = {"model": {"image_size": size, "patch_size": patch, "depth": LAYERS, "heads": HEADS, "dim": 32},
+              "train": {"lr": 0.002}}
+    return Trained(vit=vit, norm=Normalizer([0.5] * 3, [0.25] * 3), classes=classes, run_id="",
+                   params=params, record={"history": []}, device=torch.device("cpu"), bf16=False)
+
+
+def other_page(browser, tmp_path, model: Trained, truth: list[int], mean_labels: list[int]):
+    """The page of `model` over random pictures: a gallery of len(truth) and class means over
+    len(mean_labels) of them; returns the page, the pictures and the document."""
+    size = model.image_size
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (max(len(truth), len(mean_labels)), 3, size, size), dtype=np.uint8)
+    doc = explorer.document(
+        model, title="other classes", kind="run",
+        gallery=explorer.gallery(model, images[:len(truth)], [f"pic {i}" for i in range(len(truth))], truth,
+                                 layers=[0, 1], heads=[0, 1, 2, 3], batch_size=16),
+        class_means=explorer.class_means(model, images[:len(mean_labels)], mean_labels, batch_size=16))
+    path = tmp_path / "index.html"
+    write_explorer(path, doc)
+    return open_page(browser, path), images, doc
+
+
+def filter_options(pg) -> list[tuple[str, str]]:
+    return pg.eval_on_selector_all("#filter-class option", "os => os.map(o => [o.value, o.textContent])")
+
+
+HUNDRED = [f"kind_{i:03d}" for i in range(100)]
+
+
+@pytest.fixture(scope="module")
+def hundred(browser, tmp_path_factory):
+    """100 classes of 64-pixel pictures: a gallery of 40 (classes 0-9 twice, 50-69 once) and
+    class means over 150 pictures, classes 95-99 without any."""
+    truth = [i % 10 for i in range(20)] + list(range(50, 70))
+    means = [i % 95 for i in range(150)]
+    model = other_model(HUNDRED, 64, 8)
+    pg, images, doc = other_page(browser, tmp_path_factory.mktemp("hundred"), model, truth, means)
+    yield SimpleNamespace(pg=pg, model=model, images=images, doc=doc, truth=truth, means=means)
+    pg.context.close()
+
+
+def test_a_hundred_classes_filter_as_one_control(hundred):
+    pg, truth = hundred.pg, hundred.truth
+    assert pg.errors == [] and pg.blocked == []
+    options = filter_options(pg)
+    assert options[0] == ["all", "all classes"] and len(options) == 101
+    assert [v for v, _ in options[1:]] == [str(i) for i in range(100)]
+    assert [t for _, t in options[1:]] == [f"{c} ({truth.count(i)})" for i, c in enumerate(HUNDRED)]
+    assert pg.locator("#gallery-section select, #gallery-section button").count() == 2  # no button per class
+    for c in (3, 57, 99):
+        pg.select_option("#filter-class", str(c))
+        want = [k for k, t in enumerate(truth) if t == c]
+        assert shown(pg, "shown.gallery") == want
+        assert [int(t.get_attribute("data-index")) for t in pg.locator("[data-testid=thumb]").all()] == want
+        assert pg.locator("#gallery-count").inner_text() == f"{len(want)} of 40 shown ({HUNDRED[c]})"
+    pg.select_option("#filter-class", "all")
+    assert len(shown(pg, "shown.gallery")) == 40
+
+
+def test_the_find_box_narrows_the_class_filter_and_enter_picks_the_first(hundred):
+    pg, truth = hundred.pg, hundred.truth
+    pg.fill("#class-find", "KIND_06")  # any case
+    assert shown(pg, "shown.classOptions") == list(range(60, 70))
+    hidden = pg.eval_on_selector_all("#filter-class option", "os => os.filter(o => o.hidden).length")
+    assert hidden == 90
+    pg.press("#class-find", "Enter")
+    assert pg.locator("#filter-class").input_value() == "60" and shown(pg, "state.cls") == "60"
+    assert shown(pg, "shown.gallery") == [truth.index(60)]
+    pg.fill("#class-find", "")
+    assert len(shown(pg, "shown.classOptions")) == 100
+    pg.select_option("#filter-class", "all")
+
+
+def test_a_hundred_class_means_scroll_narrow_and_open_the_gallery(hundred):
+    pg, model, truth = hundred.pg, hundred.model, hundred.truth
+    cells = pg.locator("[data-testid=class-mean]")
+    assert cells.count() == 100
+    m = compute_maps(model.vit, model.norm(torch.from_numpy(hundred.images[:150])), grad=False).rollout
+    y = np.array(hundred.means)
+    for c in (0, 42, 94):
+        want = m[y == c].mean(dim=0).flatten().numpy()
+        np.testing.assert_allclose(shown(pg, f"shown.classMean[{c}]"), want, atol=want.max() / 250)
+        assert cells.nth(c).inner_text() == f"{HUNDRED[c]} (n={(y == c).sum()})"
+    assert cells.nth(97).inner_text() == "kind_097 (n=0)" and "empty" in cells.nth(97).get_attribute("class")
+    box = pg.locator("#class-means")
+    height, scroll = box.evaluate("b => [b.clientHeight, b.scrollHeight]")
+    assert height <= 400 < scroll  # a box that scrolls, not ten screens of maps
+    pg.fill("#class-mean-find", "kind_04")
+    assert pg.locator("[data-testid=class-mean]:visible").count() == 10
+    assert pg.locator("#class-mean-count").inner_text() == "10 of 100 classes"
+    pg.locator("[data-testid=class-mean][data-class='45']").click()
+    assert shown(pg, "state.cls") == "45" and pg.locator("#filter-class").input_value() == "45"
+    assert shown(pg, "shown.gallery") == []  # no gallery picture of class 45
+    pg.fill("#class-mean-find", "kind_06")
+    pg.locator("[data-testid=class-mean][data-class='61']").click()
+    assert shown(pg, "shown.gallery") == [truth.index(61)]
+    pg.fill("#class-mean-find", "")
+    assert pg.locator("[data-testid=class-mean]:visible").count() == 100
+    pg.select_option("#filter-class", "all")
+
+
+FLOWERS = ["rose", "tulip", "daisy", "iris", "lily"]
+
+
+def test_five_classes_of_other_names_on_96_pixel_pictures(browser, tmp_path):
+    """The classes and the patch grid (96 / 8 = 12 a side) come from the model: five named
+    classes in the filter and the class means, maps of 144 patches, edges on whole pixels."""
+    truth = [0, 1, 2, 3, 4, 2, 2, 0]
+    model = other_model(FLOWERS, 96, 8)
+    pg, images, _ = other_page(browser, tmp_path, model, truth, [0, 1, 2, 3, 4] * 4)
+    try:
+        assert pg.errors == [] and pg.blocked == []
+        assert "8 images of 96px · 5 classes" in pg.locator("header small").inner_text()
+        assert "12×12 patches of 8px" in pg.locator("header small").inner_text()
+        assert filter_options(pg) == [["all", "all classes"], ["0", "rose (2)"], ["1", "tulip (1)"],
+                                      ["2", "daisy (3)"], ["3", "iris (1)"], ["4", "lily (1)"]]
+        pg.select_option("#filter-class", "2")
+        assert shown(pg, "shown.gallery") == [2, 5, 6]
+        assert pg.locator("[data-testid=class-mean]").all_inner_texts() == [f"{c} (n=4)" for c in FLOWERS]
+        assert pg.locator("#class-mean-find, #class-find").count() == 0  # five classes need no search
+        pg.locator("[data-testid=thumb][data-index='5']").click()
+        m = compute_maps(model.vit, model.norm(torch.from_numpy(images[5:6])), grad=False).rollout
+        got = np.array(shown(pg, "shown.main.values"))
+        assert got.shape == (144,)
+        np.testing.assert_allclose(got, m.flatten().numpy(), atol=float(m.max()) / 250)
+        # Opaque maps: every pixel of a 64-pixel thumbnail of the 12x12 map is its patch's
+        # colour; cells of 5.33 pixels drawn at fractional edges would blend at the seams.
+        pg.locator("#opacity").evaluate("o => { o.value = 1; o.dispatchEvent(new Event('input')); }")
+        px = np.array(pg.evaluate("""() => { const c = document.querySelector("[data-kind='rollout'] canvas");
+            return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }"""))
+        px = px.reshape(64, 64, 4)
+        edges = np.round(np.arange(13) * 64 / 12).astype(int)
+        patch = np.searchsorted(edges, np.arange(64), side="right") - 1  # the patch of each pixel row/column
+        centre = (edges[:-1] + edges[1:]) // 2
+        want = px[centre[patch]][:, centre[patch]]
+        assert np.abs(px.astype(int) - want).max() == 0
+    finally:
+        pg.context.close()

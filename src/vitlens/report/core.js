@@ -50,18 +50,20 @@ async function explorerContext(doc) {
   window.vitlens = { doc, state, shown, ready: false };
 
   // The image (or black) with a G x G map on top, scaled to its max; top-k patches outlined.
+  // Patch edges fall on whole pixels (a 12x12 grid on 64 px would leave seams between cells).
   function draw(canvas, img, values, { alpha = state.alpha, px = 288, top = [], query = -1, stretch = false } = {}) {
     canvas.width = canvas.height = px;
-    const ctx = canvas.getContext("2d"), cell = px / G;
+    const ctx = canvas.getContext("2d"), cell = px / G, edge = (i) => Math.round(i * cell);
     ctx.imageSmoothingEnabled = false;
     if (img) ctx.drawImage(img, 0, 0, px, px); else { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, px, px); }
     // 0 to the max (a share of attention reads as one); `stretch`: min to max, for means
     // whose differences are small next to their level.
     const lo = stretch ? Math.min(...values) : 0, span = Math.max(1e-12, Math.max(...values) - lo);
     for (let p = 0; p < P; p++) {
-      const [r, g, b] = colour((values[p] - lo) / span);
-      ctx.fillStyle = `rgba(${r},${g},${b},${img ? alpha : 1})`;
-      ctx.fillRect((p % G) * cell, Math.floor(p / G) * cell, cell, cell);
+      const [red, green, blue] = colour((values[p] - lo) / span);
+      ctx.fillStyle = `rgba(${red},${green},${blue},${img ? alpha : 1})`;
+      const c = p % G, r = Math.floor(p / G);
+      ctx.fillRect(edge(c), edge(r), edge(c + 1) - edge(c), edge(r + 1) - edge(r));
     }
     top.forEach((p, i) => {
       ctx.strokeStyle = i === 0 ? "#00e5ff" : "#fff"; ctx.lineWidth = i === 0 ? 4 : 2;

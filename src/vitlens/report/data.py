@@ -143,10 +143,10 @@ def document(trained: Trained, *, title: str, kind: str, gallery: dict[str, Any]
              class_means: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
              facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole explorer document; the sections a kind lacks are None (hidden)."""
-    m = trained.params["model"]
+    m, vit = trained.params["model"], trained.vit
     meta = {"title": title, "kind": kind, "classes": list(trained.classes),
-            "grid": m["image_size"] // m["patch_size"], "image_size": m["image_size"],
-            "patch_size": m["patch_size"], "n_layers": m["depth"], "n_heads": m["heads"],
+            "grid": vit.grid, "image_size": vit.grid * vit.patch_size,
+            "patch_size": vit.patch_size, "n_layers": len(vit.blocks), "n_heads": m["heads"],
             "readout": trained.vit.readout, "run_id": trained.run_id}
     return {"meta": meta, "images": gallery, "class_means": class_means, "training": training,
             "facts": facts}

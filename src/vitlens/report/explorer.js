@@ -5,7 +5,8 @@
   const X = await explorerContext(doc), { M, G, n } = X;
   X.app.textContent = "";
   X.app.append(el("header", {}, el("h1", { text: M.title }),
-    el("small", { text: `${n} images · ${M.n_layers} layers × ${M.n_heads} heads · ${G}×${G} patches of ${M.patch_size}px` })));
+    el("small", { text: `${n} images of ${M.image_size}px · ${X.C.length} classes · ${M.n_layers} layers × ${M.n_heads} heads · ${G}×${G} patches of ${M.patch_size}px` })));
+  if (M.image_size > 64) X.app.classList.add("large-images");  // thumbnails shrink them: smooth, not pixelated
   const renderGallery = galleryView(X);
   const pair = el("div", { class: "pair" });  // the image and head views side by side when wide
   X.app.append(pair);

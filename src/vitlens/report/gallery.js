@@ -1,11 +1,34 @@
 // The gallery: every image, filtered by class and by right or wrong; a click selects one.
+// The class filter is a select of every class (with how many gallery images it has) and, past
+// a dozen classes, a box that narrows it by name, so a hundred classes stay one control:
+// typing keeps the classes whose name holds the text, Enter shows the first of them.
 function galleryView(X) {
   const { I, C, n, state, shown, select } = X;
   const gal = X.section("gallery-section", "Images");
   const labelled = I.truth.some((t) => t !== null);
-  const classOpts = [["all", "all classes"], ...C.map((c, i) => [String(i), c])];
-  gal.append(el("div", { class: "controls" },
-    select("filter-class", classOpts, "all", (v) => { state.cls = v; render(); }),
+  const classOf = (k) => I.truth[k] !== null ? I.truth[k] : I.pred[k];
+  const inClass = new Array(C.length).fill(0);
+  for (let k = 0; k < n; k++) inClass[classOf(k)]++;
+  const classOpts = [["all", "all classes"], ...C.map((c, i) => [String(i), `${c} (${inClass[i]})`])];
+  const classSel = select("filter-class", classOpts, "all", (v) => { state.cls = v; render(); });
+  classSel.title = `${C.length} classes; in brackets: the images of each shown here`;
+  const find = el("input", { type: "search", id: "class-find", "data-testid": "class-find", size: 14,
+                             placeholder: `find a class (${C.length})`, "aria-label": "find a class by name" });
+  const matching = () => {  // the class indices whose name holds the text, in class order
+    const q = find.value.trim().toLowerCase();
+    return C.map((c, i) => [c.toLowerCase(), i]).filter(([c]) => c.includes(q)).map(([, i]) => i);
+  };
+  find.oninput = () => {
+    const keep = new Set(matching().map(String));
+    Array.from(classSel.options).forEach((o) => { o.hidden = o.value !== "all" && !keep.has(o.value); });
+    shown.classOptions = Array.from(classSel.options).filter((o) => !o.hidden && o.value !== "all").map((o) => Number(o.value));
+  };
+  find.onkeydown = (ev) => {
+    if (ev.key !== "Enter") return;
+    const first = matching()[0];
+    if (first !== undefined) { state.cls = String(first); render(); }
+  };
+  gal.append(el("div", { class: "controls" }, classSel, ...(C.length > 12 ? [find] : []),
     ...(labelled ? [select("filter-correct", [["all", "right and wrong"], ["right", "right only"], ["wrong", "mistakes only"]],
       "all", (v) => { state.correct = v; render(); })] : []),
     el("span", { class: "muted", id: "gallery-count" })));
@@ -13,17 +36,17 @@ function galleryView(X) {
   gal.append(grid);
   const wrong = (k) => I.truth[k] !== null && I.truth[k] !== I.pred[k];
   function render() {
+    classSel.value = state.cls;
     grid.textContent = "";
     const vis = [];
     for (let k = 0; k < n; k++) {
-      const cls = I.truth[k] !== null ? I.truth[k] : I.pred[k];
-      if (state.cls !== "all" && cls !== Number(state.cls)) continue;
+      if (state.cls !== "all" && classOf(k) !== Number(state.cls)) continue;
       if (state.correct === "right" && wrong(k)) continue;
       if (state.correct === "wrong" && !wrong(k)) continue;
       vis.push(k);
       const cap = I.truth[k] !== null ? `${C[I.truth[k]]} → ${C[I.pred[k]]}` : C[I.pred[k]];
       const t = el("div", { class: "thumb" + (wrong(k) ? " wrong" : "") + (k === state.k ? " selected" : ""),
-                            "data-testid": "thumb", "data-index": k, title: I.labels[k] },
+                            "data-testid": "thumb", "data-index": k, title: `${I.labels[k]}: ${cap}` },
         el("img", { src: I.src[k], alt: I.labels[k] }),
         el("div", { class: wrong(k) ? "bad" : "", text: (wrong(k) ? "✗ " : "") + cap }),
         el("div", { class: "muted", text: pct(I.conf[k]) }));
@@ -31,7 +54,8 @@ function galleryView(X) {
       grid.append(t);
     }
     shown.gallery = vis;
-    document.getElementById("gallery-count").textContent = `${vis.length} of ${n} shown`;
+    const which = state.cls === "all" ? "" : ` (${C[Number(state.cls)]})`;
+    document.getElementById("gallery-count").textContent = `${vis.length} of ${n} shown${which}`;
   }
   return render;
 }

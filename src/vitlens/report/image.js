@@ -30,7 +30,7 @@ function imageView(X, parent) {
     selInfo.textContent = "";
     selInfo.append(el("b", { text: I.labels[k] }), el("div", { text: I.truth[k] !== null ? `truth: ${C[I.truth[k]]}` : "" }));
     argsort(I.probs[k]).slice(0, 5).forEach((c) => selInfo.append(el("div", {},
-      el("span", { text: `${C[c]} ${pct(I.probs[k][c])}`, style: "width:120px" }),
+      el("span", { text: `${C[c]} ${pct(I.probs[k][c])}`, style: "width:150px", title: `${C[c]} ${pct(I.probs[k][c])}` }),
       el("span", { class: "bar", style: `width:${Math.round(120 * I.probs[k][c])}px` }))));
   }
   return render;
