@@ -65,7 +65,9 @@ def run_report(params_path: str | Path, model_path: Path, data_path: Path, out: 
     n_test, k = len(data.y_test), len(data.classes)
     pool = seeded_sample(n_test, min(n_test, POOL_PER_IMAGE * cfg.images), cfg.seed)
     pred = predictions(trained, data.x_test[pool], cfg.batch_size)
-    picked = right_and_wrong(pred, data.y_test[pool], cfg.images, classes=k)  # class-balanced
+    # Class-balanced while every class gets two slots (one right, one wrong); past that a
+    # per-class quota would leave classes out and keep almost no mistakes: half and half.
+    picked = right_and_wrong(pred, data.y_test[pool], cfg.images, classes=k if 2 * k <= cfg.images else None)
     chosen = pool[picked]
     layers = selected(cfg.layers, len(trained.vit.blocks))
     heads = selected(cfg.heads, trained.params["model"]["heads"])
