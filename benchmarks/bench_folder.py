@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from benchmarks.bench_report import cpu_model
 from vitlens.data.cifar import read_archive
 from vitlens.data.decode import cpu_count
 from vitlens.data.folder import read_folder
@@ -44,16 +45,6 @@ from vitlens.io import write_json
 CLASSES = 10
 LOADER_WORKERS = 2  # torchvision's side: the usual DataLoader(num_workers=2)
 BATCH = 256
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def smooth_noise(rng: np.random.Generator, w: int, h: int) -> np.ndarray:

@@ -143,7 +143,7 @@ def test_bad_files_get_one_line_each_and_the_good_ones_are_predicted(project, tm
     assert "unreadable" in reasons["cut.png"]
     assert "ICO image, not PNG, JPEG, BMP, GIF, WebP or TIFF" in reasons["icon.ico"]
     assert "ICO image" in reasons["ico_named.bmp"]
-    assert "no PNG, JPEG or BMP files" in reasons["empty_dir"]
+    assert "no PNG, JPEG, BMP, GIF, WebP or TIFF files" in reasons["empty_dir"]
     assert "no such file" in reasons["missing.png"]
 
 

@@ -1,7 +1,7 @@
 """A request body -> the model's uint8 pixels: what `vitlens serve` accepts, and why it refuses.
 
     {"inputs": uint8 (N, H, W, 3) nested lists}   (or "instances"), as `mlflow models serve` takes
-    {"images": ["<base64 PNG, JPEG or BMP>"]}     decoded by `vitlens.data.images`, as predict does
+    {"images": ["<base64 PNG, JPEG, BMP, GIF, WebP or TIFF>"]}   decoded by vitlens.data.images, as predict does
 
 Anything else is Refused with an HTTP status and a one-line reason.
 """

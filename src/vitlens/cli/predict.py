@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vitlens.cli.models import FileModel, MlflowModel, top_classes
-from vitlens.data.images import PICTURE_PX, SUFFIXES, BadImage, load_image
+from vitlens.data.images import KINDS, PICTURE_PX, SUFFIXES, BadImage, load_image
 from vitlens.errors import VitlensError, run_main
 from vitlens.plots.common import save_figure
 from vitlens.plots.figures import prediction_overlay
@@ -45,7 +45,7 @@ def image_files(inputs: Sequence[Path]) -> tuple[list[Path], list[str]]:
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES)
             files += found
             if not found:
-                errors.append(f"{p}: no PNG, JPEG or BMP files in this folder")
+                errors.append(f"{p}: no {KINDS} files in this folder")
         elif p.exists():
             files.append(p)
         else:

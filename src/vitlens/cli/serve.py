@@ -4,8 +4,8 @@
                   [--host 127.0.0.1] [--port 5001]
 
 POST /invocations (Content-Type: application/json), one of
-    {"inputs": uint8 pixels (N, 32, 32, 3)}     as `mlflow models serve` takes them ("instances" too)
-    {"images": ["<base64 PNG, JPEG or BMP>"]}   any size or mode, decoded as `vitlens predict` does
+    {"inputs": uint8 pixels (N, S, S, 3)}       as `mlflow models serve` takes them ("instances" too)
+    {"images": ["<base64 PNG, JPEG, BMP, GIF, WebP or TIFF>"]}   any size or mode, decoded as predict does
 answers {"predictions": [[p, ...], ...], "classes": [...]}: one row of probabilities per image.
 A bad request gets a 4xx and {"error_code": ..., "message": "<one line>"}. GET /ping: 200.
 
