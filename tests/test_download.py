@@ -481,3 +481,18 @@ def test_official_archive_must_be_full_size(cifar_archive) -> None:
     assert len(read_archive(cifar_archive.path, official=False).x_train) == 200
     with pytest.raises(DataError, match="must hold 50000 \\+ 10000 images, got 200 \\+ 40"):
         read_archive(cifar_archive.path, official=True)
+
+
+def test_the_cifar10_record_holds_todays_arrays_byte_for_byte(stage: Stage, cifar_archive) -> None:
+    """data.source=cifar10 (the default): every array of the record is byte-identical to what
+    the download stage wrote before other sources existed; the record only gained its name,
+    source and skipped count."""
+    assert stage(url=str(cifar_archive.path), md5=cifar_archive.md5).returncode == 0
+    want = expected_arrays()
+    with np.load(stage.out) as z:
+        assert sorted(z.files) == ["classes", "name", "skipped", "source", "x_test", "x_train",
+                                   "y_test", "y_train"]
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            got, old = z[key], np.asarray(want[key])
+            assert (got.dtype, got.shape, got.tobytes()) == (old.dtype, old.shape, old.tobytes()), key
+        assert z["classes"].tolist() == want["classes"] and str(z["name"]) == "cifar10"
