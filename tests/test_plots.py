@@ -10,6 +10,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vitlens.plots import confusion
 from vitlens.plots import figures as plots
 from vitlens.plots.common import save_figure
 
@@ -181,7 +182,7 @@ def test_attention_distance_plot(tmp_path, rng, patch_size):
 def test_confusion_figure(tmp_path, rng):
     cm = rng.integers(0, 20, (10, 10))
     cm[np.diag_indices(10)] += 80
-    fig = plots.confusion_figure(cm, CLASSES)
+    fig = confusion.confusion_figure(cm, CLASSES)
     accuracy = np.trace(cm) / cm.sum()
     assert f"{accuracy:.1%}" in fig.get_suptitle()
     ax = fig.axes[0]
@@ -196,7 +197,7 @@ def test_confusion_figure(tmp_path, rng):
 def test_confusion_figure_survives_a_class_without_samples(tmp_path):
     cm = np.eye(10, dtype=int) * 5
     cm[3] = 0
-    fig = plots.confusion_figure(cm, CLASSES)
+    fig = confusion.confusion_figure(cm, CLASSES)
     share = fig.axes[0].images[0].get_array()
     assert not np.ma.is_masked(share)  # imshow masks NaN, which would hide a 0/0
     np.testing.assert_array_equal(share[3], 0.0)
@@ -205,7 +206,7 @@ def test_confusion_figure_survives_a_class_without_samples(tmp_path):
 
 def test_confusion_figure_rejects_wrong_shape():
     with pytest.raises(ValueError, match="10 classes"):
-        plots.confusion_figure(np.zeros((9, 9)), CLASSES)
+        confusion.confusion_figure(np.zeros((9, 9)), CLASSES)
 
 
 def confused(k: int, rng: np.random.Generator, per_class: int = 50) -> np.ndarray:
@@ -234,7 +235,7 @@ def test_a_confusion_figure_of_many_classes_stays_readable(tmp_path, rng, k):
     per cent, a table of the top confusions beside it, and a figure of bounded size."""
     classes = [f"class_{i:03d}" for i in range(k)]
     cm = confused(k, rng)
-    fig = plots.confusion_figure(cm, classes)
+    fig = confusion.confusion_figure(cm, classes)
     ax, table_ax = fig.axes[0], fig.axes[1]
     assert len(ax.texts) == 0
     step = 1 if k == 100 else 2
@@ -248,7 +249,7 @@ def test_a_confusion_figure_of_many_classes_stays_readable(tmp_path, rng, k):
     assert ax.images[0].norm(0.04) >= 0.2  # a 4% confusion is a visible tint
     [table] = table_ax.tables
     cells = table.get_celld()
-    top = plots.top_confusions(cm, classes)
+    top = confusion.top_confusions(cm, classes)
     assert len(top) == 20
     assert [cells[i + 1, 0].get_text().get_text() for i in range(20)] == [r["true"] for r in top]
     assert [cells[i + 1, 1].get_text().get_text() for i in range(20)] == [r["predicted"] for r in top]
@@ -258,7 +259,7 @@ def test_a_confusion_figure_of_many_classes_stays_readable(tmp_path, rng, k):
 
 
 def test_the_confusion_figure_grows_with_the_class_count_within_limits():
-    sizes = [tuple(plots.confusion_figure(np.eye(k), [str(i) for i in range(k)]).get_size_inches())
+    sizes = [tuple(confusion.confusion_figure(np.eye(k), [str(i) for i in range(k)]).get_size_inches())
              for k in (3, 10, 20, 50, 100, 400)]
     heights = [h for _, h in sizes]
     assert heights == sorted(heights) and heights[1] < heights[2] < heights[-1] <= 16
@@ -271,16 +272,16 @@ def test_top_confusions_are_the_most_frequent_mistakes_first():
                    [1, 5, 0, 3],   # b -> d: 3 of 9, a larger share: before a -> b
                    [0, 0, 0, 0],   # no images of c
                    [0, 1, 2, 7]])  # d -> c: 2, d -> b and b -> a: 1 each, then in class order
-    assert plots.top_confusions(cm, names) == [
+    assert confusion.top_confusions(cm, names) == [
         {"true": "b", "predicted": "d", "count": 3, "share": 0.3333},
         {"true": "a", "predicted": "b", "count": 3, "share": 0.25},
         {"true": "d", "predicted": "c", "count": 2, "share": 0.2},
         {"true": "b", "predicted": "a", "count": 1, "share": 0.1111},
         {"true": "d", "predicted": "b", "count": 1, "share": 0.1}]
-    assert len(plots.top_confusions(cm, names, 2)) == 2
-    assert plots.top_confusions(np.eye(4, dtype=int) * 3, names) == []
+    assert len(confusion.top_confusions(cm, names, 2)) == 2
+    assert confusion.top_confusions(np.eye(4, dtype=int) * 3, names) == []
     with pytest.raises(ValueError, match="4 classes"):
-        plots.top_confusions(np.zeros((3, 3)), names)
+        confusion.top_confusions(np.zeros((3, 3)), names)
 
 
 class _Broken(Exception):
@@ -329,5 +330,5 @@ def test_save_figure_closes_pyplot_figures(tmp_path):
 def test_figures_do_not_register_with_pyplot(rng, images):
     before = plt.get_fignums()
     plots.image_grid(images, ["a", "b", "c"])
-    plots.confusion_figure(np.eye(10), CLASSES)
+    confusion.confusion_figure(np.eye(10), CLASSES)
     assert plt.get_fignums() == before

@@ -12,7 +12,7 @@ from vitlens.errors import VitlensError
 from vitlens.io import atomic_path, write_csv, write_json
 from vitlens.model.trained import Trained, load_trained
 from vitlens.plots.common import save_figure
-from vitlens.plots.figures import TOP_SHOWN, confusion_figure, top_confusions
+from vitlens.plots.confusion import TOP_SHOWN, confusion_figure, top_confusions
 from vitlens.train.evaluation import confusion_rows, evaluate_logits, split_logits
 
 TOP_COLUMNS = ("true", "predicted", "count", "share")
