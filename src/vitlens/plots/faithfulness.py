@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from vitlens.plots.common import check_images, check_maps, colorbar, overlay, show_image
+from vitlens.plots.common import WRONG, check_images, check_maps, colorbar, overlay, show_image
 
 LABELS = {"rollout": "attention rollout", "grad_rollout": "gradient-weighted rollout",
           "last_layer": "last-layer attention", "random": "random (baseline)"}
@@ -46,12 +46,13 @@ def curves_figure(fraction: np.ndarray, curves: Mapping[str, Mapping[str, np.nda
 
 
 def methods_figure(images: np.ndarray, maps: Mapping[str, np.ndarray], titles: Sequence[str],
-                   scores: Mapping[str, np.ndarray], *,
+                   scores: Mapping[str, np.ndarray], *, flags: Mapping[str, str] | None = None,
                    title: str = "Explanation maps side by side") -> Figure:
     """Per image: the image, then each method's map overlaid, titled with that image's
     deletion / insertion AUC. `maps[method]` is (n, H, W) at image resolution; `scores[method]`
     is (n, 2): deletion and insertion AUC per image. Each map has its own colour scale: the
-    methods' units differ, and only the order of the patches is scored."""
+    methods' units differ, and only the order of the patches is scored. `flags[method]`, a
+    warning such as a high position bias, ends that method's titles, in red."""
     check_images(images, titles)
     for method, m in maps.items():
         check_maps(images, m)
@@ -66,6 +67,9 @@ def methods_figure(images: np.ndarray, maps: Mapping[str, np.ndarray], titles: S
         for ax, (method, m) in zip(row[1:], maps.items()):
             colorbar(fig, overlay(ax, img, m[i]), ax, label="relevance")
             d, ins = scores[method][i]
-            ax.set_title(f"{LABELS.get(method, method)}\ndel {d:.2f}  ins {ins:.2f}", fontsize=8)
+            flag = (flags or {}).get(method)
+            ax.set_title(f"{LABELS.get(method, method)}\ndel {d:.2f}  ins {ins:.2f}"
+                         + (f"\n\u26a0 {flag}" if flag else ""), fontsize=8,
+                         **({"color": WRONG} if flag else {}))
     fig.suptitle(title)
     return fig
