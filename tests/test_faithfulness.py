@@ -277,6 +277,8 @@ def test_blur_keeps_flat_images_and_erases_a_checkerboard():
     ("methods", ["random", "random"], "must name each method once"),
     ("blur_kernel", 10, "faithfulness.blur_kernel=10 must be odd"),
     ("confidence", 95, "faithfulness.confidence=95 must be < 1"),
+    ("position_top", -1, "faithfulness.position_top=-1 must be >= 0"),
+    ("position_warn", 1.5, "faithfulness.position_warn=1.5 must be <= 1"),
 ])
 def test_bad_faithfulness_params_name_the_key(params_dict, key, value, message):
     params_dict["faithfulness"][key] = value
@@ -305,6 +307,17 @@ def test_stage_writes_metrics_curves_figures_and_logs_to_the_run(project, cifar_
         s = metrics[m]
         for kind in ("deletion", "insertion"):
             assert 0 <= s[f"{kind}_low"] <= s[f"{kind}_auc"] <= s[f"{kind}_high"] <= 1
+        # Beside the AUCs, the position bias, its parts, where the top patches fall.
+        for key in ("position_bias", "position_flip", "position_top", "position_blank", "top_concentration"):
+            assert 0 <= s[key] <= 1, (m, key, s[key])
+        assert s["position_bias"] == pytest.approx((s["position_flip"] + s["position_top"]
+                                                    + s["position_blank"]) / 3)
+        assert np.array(s["top_patch_share"]).shape == (8, 8)  # 32 px in 4 px patches
+        assert sum(map(sum, s["top_patch_share"])) == pytest.approx(1.0)
+        assert len(s["excess_positions"]) <= 3
+        for e in s["excess_positions"]:
+            assert s["top_patch_share"][e["row"]][e["col"]] == e["share"] > 1 / 64
+    assert metrics["random"]["position_bias"] < 0.2  # 12 images of noise
     rows = (out / "curves.csv").read_text().splitlines()
     assert rows[0].split(",") == ["fraction", *(f"{k}_{m}" for k in ("deletion", "insertion")
                                                for m in methods)]
@@ -320,6 +333,9 @@ def test_stage_writes_metrics_curves_figures_and_logs_to_the_run(project, cifar_
     logged = client.get_run(run_id).data.metrics
     assert logged["faithfulness/rollout/deletion_auc"] == pytest.approx(metrics["rollout"]["deletion_auc"])
     assert "faithfulness/random/insertion_high" in logged and "faithfulness/seconds" in logged
+    for m in methods:
+        assert logged[f"faithfulness/{m}/position_bias"] == pytest.approx(metrics[m]["position_bias"])
+    assert "faithfulness/position_seconds" in logged
     logged_files = {a.path for a in client.list_artifacts(run_id, "faithfulness")}
     assert {f"faithfulness/{n}" for n in ("curves.png", "methods.png", "curves.csv",
                                            "faithfulness.json")} <= logged_files

@@ -125,6 +125,8 @@ class FaithfulnessConfig:
     bootstrap: int = spec(ge=1)
     confidence: float = spec(gt=0, lt=1)
     show_images: int = spec(ge=1, le=16)
+    position_top: int = spec(ge=0)  # excess positions recorded per map
+    position_warn: float = spec(ge=0, le=1)  # position bias that flags a drawn map
 
 
 @dataclass(frozen=True)

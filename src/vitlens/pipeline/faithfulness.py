@@ -1,6 +1,7 @@
 """The faithfulness stage's work: deletion and insertion AUC per explanation method on a
-seeded choice of test images, with bootstrap intervals, the mean curves (DVC plot data and
-PNG) and the methods side by side, logged into the training run."""
+seeded choice of test images, with bootstrap intervals, and each method's position bias on
+the same images (`vitlens.explain.position`); the mean curves (DVC plot data and PNG) and the
+methods side by side, a map with a high position bias flagged; all logged into the training run."""
 from __future__ import annotations
 
 import time
@@ -18,6 +19,7 @@ from vitlens.errors import VitlensError
 from vitlens.explain.attention import upsample_map
 from vitlens.explain.faithfulness import KINDS, Curves, auc, faithfulness_curves, step_counts, summarize_curves
 from vitlens.explain.maps import explanation_maps
+from vitlens.explain.position import PositionBias, position_biases, view_maps
 from vitlens.io import write_csv, write_json
 from vitlens.model.trained import load_trained
 from vitlens.plots import faithfulness as faithfulness_plots
@@ -40,8 +42,10 @@ def curve_rows(fraction: np.ndarray, means: dict[str, dict[str, np.ndarray]]) ->
 
 def figures(data: ImageSet, chosen: np.ndarray, pred: Tensor, maps: dict[str, Tensor],
             curves: dict[str, Curves], means: dict[str, dict[str, np.ndarray]], fraction: np.ndarray,
-            summary: dict[str, dict[str, float]], cfg: FaithfulnessConfig) -> dict[str, Figure]:
-    """The mean curves, and the first `show_images` chosen images with every method's map."""
+            summary: dict[str, dict[str, float]], position: dict[str, PositionBias],
+            cfg: FaithfulnessConfig) -> dict[str, Figure]:
+    """The mean curves, and the first `show_images` chosen images with every method's map,
+    a map whose position bias reaches `position_warn` flagged."""
     show, classes = slice(0, cfg.show_images), data.classes
     images = data.x_test[chosen[show]]
     titles = [f"test #{i}: {classes[t]}\npredicted {classes[p]}"
@@ -49,9 +53,12 @@ def figures(data: ImageSet, chosen: np.ndarray, pred: Tensor, maps: dict[str, Te
     up = {m: upsample_map(v[show], images.shape[-1]).numpy() for m, v in maps.items()}
     scores = {m: torch.stack([auc(c.deletion[show]), auc(c.insertion[show])], dim=1).numpy()
               for m, c in curves.items()}
+    flags = {m: f"position bias {p.score:.2f}" for m, p in position.items()
+             if p.score >= cfg.position_warn}
     return {"curves.png": faithfulness_plots.curves_figure(fraction, means, summary, images=len(chosen),
                                                            confidence=cfg.confidence),
-            "methods.png": faithfulness_plots.methods_figure(images, up, titles, scores)}
+            "methods.png": faithfulness_plots.methods_figure(images, up, titles, scores,
+                                                             flags=flags)}
 
 
 def run_faithfulness(params_path: str | Path, model_path: Path, data_path: Path, out_dir: Path,
@@ -73,27 +80,36 @@ def run_faithfulness(params_path: str | Path, model_path: Path, data_path: Path,
                                        blur_sigma=cfg.blur_sigma, batch_size=cfg.batch_size,
                                        bf16=trained.bf16, progress=True)
     seconds = time.perf_counter() - start
+    # Two flips of every image and one blank image: three more map passes, batched alike.
+    views = view_maps(model, x, cfg.methods, seed=cfg.seed, batch_size=cfg.batch_size)
+    position = position_biases(maps, views)
+    position_seconds = time.perf_counter() - start - seconds
     summary = summarize_curves(curves, samples=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed)
-    metrics = {"images": len(chosen), **summary}
+    metrics = {"images": len(chosen),
+               **{m: row | position[m].row(cfg.position_top) for m, row in summary.items()}}
 
     fraction = (step_counts(patches, cfg.steps).double() / patches).numpy()
     means = {k: {m: getattr(c, k).mean(dim=0).numpy() for m, c in curves.items()} for k in KINDS}
     write_json(metrics_path, metrics)
     write_csv(out_dir / "curves.csv", curve_rows(fraction, means))
-    figs = figures(data, chosen, pred, maps, curves, means, fraction, summary, cfg)
+    figs = figures(data, chosen, pred, maps, curves, means, fraction, summary, position, cfg)
     for name, fig in figs.items():
         save_figure(fig, out_dir / name)
 
     run = trained.run(params.tracking.enabled)
     if run is not None:
-        run.log_metrics({f"faithfulness/{m}/{k}": v for m, row in summary.items() for k, v in row.items()}
-                        | {"faithfulness/seconds": seconds})
+        scalars = {m: {k: v for k, v in row.items() if isinstance(v, float)} for m, row in metrics.items()
+                   if isinstance(row, dict)}
+        run.log_metrics({f"faithfulness/{m}/{k}": v for m, row in scalars.items() for k, v in row.items()}
+                        | {"faithfulness/seconds": seconds, "faithfulness/position_seconds": position_seconds})
         for path in (*(out_dir / name for name in figs), out_dir / "curves.csv", metrics_path):
             run.log_artifact(path, "faithfulness")
     print(f"{len(chosen)} images, {len(cfg.methods)} methods, {cfg.steps} steps in {seconds:.1f}s "
-          f"on {device.type} -> {metrics_path}")
+          f"+ {position_seconds:.1f}s for the position bias on {device.type} -> {metrics_path}")
     for m, s in summary.items():
+        p = position[m]
         print(f"  {m:<13} deletion {s['deletion_auc']:.3f} [{s['deletion_low']:.3f}, "
               f"{s['deletion_high']:.3f}]  insertion {s['insertion_auc']:.3f} "
-              f"[{s['insertion_low']:.3f}, {s['insertion_high']:.3f}]")
+              f"[{s['insertion_low']:.3f}, {s['insertion_high']:.3f}]  position bias {p.score:.3f} "
+              f"(flip {p.flip:.2f}, top {p.top:.2f}, blank {p.blank:.2f})")
     return metrics
