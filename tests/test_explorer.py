@@ -567,3 +567,37 @@ def test_five_classes_of_other_names_on_96_pixel_pictures(browser, tmp_path):
         assert np.abs(px.astype(int) - want).max() == 0
     finally:
         pg.context.close()
+
+
+def test_the_page_opens_on_the_map_the_runs_scores_trust_and_warns_of_the_others(
+        browser, trained, inputs, tmp_path):
+    """Not a fixed choice: the lowest deletion AUC leads and the page says why; a map bound to
+    a place (position bias past faithfulness.position_warn) carries a warning where it is drawn."""
+    images, truth, _ = inputs
+
+    def s(auc, bias=0.0):
+        return {"deletion_auc": auc, "deletion_low": auc - 0.01, "deletion_high": auc + 0.01,
+                "insertion_auc": 0.6, "position_bias": bias}
+    scores = {"images": 12, "rollout": s(0.33, bias=0.7), "grad_rollout": s(0.24),
+              "last_layer": s(0.30), "random": s(0.37)}
+    doc = explorer.document(
+        trained, title="trusted", kind="run",
+        gallery=explorer.gallery(trained, images[:3], ["a", "b", "c"], truth[:3], layers=[0], heads=[0],
+                                 batch_size=3),
+        facts=explorer.facts(trained, defaults=None, metrics=None, faithfulness=scores, distance=None,
+                             position_warn=0.5))
+    path = tmp_path / "index.html"
+    write_explorer(path, doc)
+    pg = open_page(browser, path)
+    try:
+        assert pg.errors == []
+        assert shown(pg, "state.map") == "grad_rollout"
+        assert pg.locator("#map-kind").input_value() == "grad_rollout"
+        assert "opened on gradient-weighted rollout: this run's best deletion AUC (0.240)" in \
+            pg.locator("[data-testid=opened-on]").inner_text()
+        assert pg.locator("[data-testid=map-warning]").inner_text() == ""
+        assert pg.locator("[data-testid=map-choice][data-kind=rollout]").inner_text().startswith("⚠")
+        pg.locator("[data-testid=map-choice][data-kind=rollout]").click()
+        assert "position bias 0.70" in pg.locator("[data-testid=map-warning]").inner_text()
+    finally:
+        pg.context.close()

@@ -83,7 +83,8 @@ def run_report(params_path: str | Path, model_path: Path, data_path: Path, out: 
         training=explorer.training(trained.record.get("snapshots")),
         facts=explorer.facts(trained, defaults=default_params(Path.cwd()),
                              metrics=read_json(metrics), faithfulness=read_json(faithfulness),
-                             distance=read_json(distance)))
+                             distance=read_json(distance),
+                             position_warn=params.faithfulness.position_warn))
     write_explorer(out, doc)
     run = trained.run(params.tracking.enabled)
     if run is not None:

@@ -44,7 +44,8 @@ function colour(t) {
 async function explorerContext(doc) {
   const M = doc.meta, G = M.grid, P = G * G, N = P + 1;
   const I = doc.images, H = M.n_heads;
-  const state = { k: 0, map: "rollout", alpha: 0.6, layer: 0, head: 0, token: 0, pinned: false,
+  const trust = (doc.facts && doc.facts.maps) || null;  // the map this run's scores rank best
+  const state = { k: 0, map: trust ? trust.best : "rollout", alpha: 0.6, layer: 0, head: 0, token: 0, pinned: false,
                   epoch: 0, snapMap: "rollout", cls: "all", correct: "all" };
   const shown = { classMean: {} };
   window.vitlens = { doc, state, shown, ready: false };
@@ -113,7 +114,7 @@ async function explorerContext(doc) {
     s.value = value; s.onchange = () => onchange(s.value);
     return s;
   };
-  return { doc, M, G, P, I, H, C: M.classes, n: I.labels.length, nh, state, shown, draw, slice,
+  return { doc, M, G, P, I, H, C: M.classes, n: I.labels.length, nh, state, shown, draw, slice, trust,
            mainMap, attnRow, READ, app, section, select, images: await loadImages(I.src),
            renderAll: () => {} };
 }

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from vitlens.explain.maps import compute_maps
+from vitlens.explain.trust import map_verdicts
 from vitlens.model.trained import Trained
 
 
@@ -123,9 +124,10 @@ def params_diff(run: dict[str, dict[str, Any]], defaults: dict[str, dict[str, An
 
 
 def facts(trained: Trained, *, defaults: dict[str, dict[str, Any]] | None, metrics: Any,
-          faithfulness: Any, distance: Any) -> dict[str, Any]:
+          faithfulness: Any, distance: Any, position_warn: float = 0.5) -> dict[str, Any]:
     """The run's numbers: changed params, test accuracy, per-epoch history, faithfulness AUCs
-    and the mean attention distance (L, heads) in pixels; what is missing is None."""
+    and position biases, the map they trust (explain/trust.py: the page opens on it) and the
+    mean attention distance (L, heads) in pixels; what is missing is None."""
     dist = None
     if distance:
         rows = distance["per_head"]
@@ -136,7 +138,8 @@ def facts(trained: Trained, *, defaults: dict[str, dict[str, Any]] | None, metri
     return {"params_diff": params_diff(trained.params, defaults),
             "test_accuracy": metrics.get("accuracy") if metrics else None,
             "history": [{k: r[k] for k in keep} for r in trained.history],
-            "faithfulness": summary, "distance": dist}
+            "faithfulness": summary, "maps": map_verdicts(faithfulness, position_warn),
+            "distance": dist}
 
 
 def document(trained: Trained, *, title: str, kind: str, gallery: dict[str, Any],

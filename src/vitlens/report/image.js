@@ -1,7 +1,7 @@
 // The selected image: one map large over it (with the opacity), every map small beside it,
 // and the top five classes.
 function imageView(X, parent) {
-  const { I, C, H, state, shown, images, mainMap, select } = X;
+  const { I, C, H, state, shown, images, mainMap, select, trust } = X;
   const sel = X.section("image-section", "Where it looks", parent);
   const mapOpts = [["rollout", "attention rollout"], ["grad_rollout", "gradient-weighted rollout"],
     ["last_layer", "last layer, mean of heads"], ...Array.from({ length: H }, (_, h) => [`head:${h}`, `last layer, head ${h + 1}`])];
@@ -9,15 +9,22 @@ function imageView(X, parent) {
   const opacity = el("input", { type: "range", min: 0, max: 1, step: 0.05, value: state.alpha, id: "opacity", "data-testid": "opacity" });
   opacity.oninput = () => { state.alpha = Number(opacity.value); X.renderAll(); };
   const selInfo = el("div", { class: "probs" });
+  const names = Object.fromEntries(mapOpts);
+  // Why the page opened on this map, and a warning on each map the run's scores do not back.
+  const opened = el("div", { class: "note", "data-testid": "opened-on", text: trust
+    ? `opened on ${names[trust.best]}: this run's best deletion AUC (${trust.best_auc.toFixed(3)})` : "" });
+  const warning = el("div", { class: "warn", "data-testid": "map-warning" });
+  const warnOf = (kind) => (trust && trust.warnings[kind]) || "";
   const mapSel = select("map-kind", mapOpts, state.map, (v) => { state.map = v; render(); });
   // Every map of the image at once, small; a click shows it large.
   const strip = mapOpts.map(([kind, label]) => {
-    const cv = el("canvas"), cell = el("div", { class: "cell", "data-testid": "map-choice", "data-kind": kind, title: label },
-      cv, el("div", { text: label.replace("last layer, ", "") }));
+    const w = warnOf(kind), cv = el("canvas");
+    const cell = el("div", { class: "cell", "data-testid": "map-choice", "data-kind": kind, title: w ? `${label}: ${w}` : label },
+      cv, el("div", { text: (w ? "⚠ " : "") + label.replace("last layer, ", "") }));
     cell.onclick = () => { state.map = kind; mapSel.value = kind; render(); };
     return { kind, cv, cell };
   });
-  sel.append(el("div", { class: "controls" }, mapSel, el("label", {}, "opacity ", opacity)),
+  sel.append(el("div", { class: "controls" }, mapSel, el("label", {}, "opacity ", opacity)), opened, warning,
     el("div", { class: "row" }, mainCanvas, selInfo), el("div", { class: "strip" }, ...strip.map((m) => m.cell)));
   function render() {
     const k = state.k, v = mainMap(k, state.map);
@@ -27,6 +34,7 @@ function imageView(X, parent) {
       m.cell.classList.toggle("active", m.kind === state.map);
     });
     shown.main = { k, kind: state.map, values: v };
+    warning.textContent = warnOf(state.map) ? `⚠ ${names[state.map]}: ${warnOf(state.map)}` : "";
     selInfo.textContent = "";
     selInfo.append(el("b", { text: I.labels[k] }), el("div", { text: I.truth[k] !== null ? `truth: ${C[I.truth[k]]}` : "" }));
     argsort(I.probs[k]).slice(0, 5).forEach((c) => selInfo.append(el("div", {},
