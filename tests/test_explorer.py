@@ -601,3 +601,25 @@ def test_the_page_opens_on_the_map_the_runs_scores_trust_and_warns_of_the_others
         assert "position bias 0.70" in pg.locator("[data-testid=map-warning]").inner_text()
     finally:
         pg.context.close()
+
+
+def test_class_means_share_one_scale_and_show_what_is_specific_to_each_class(page, doc):
+    """One colour scale across classes (not each stretched min to max), and beside each mean
+    that mean minus the mean over all the images: the counts-weighted differences cancel."""
+    means = doc["class_means"]
+    counts = np.array(means["counts"], dtype=float)
+    maps = np.array([shown(page, f"shown.classMean[{i}]") for i in range(len(counts))])
+    lo, hi = shown(page, "shown.classScale")
+    kept = counts > 0
+    assert lo == pytest.approx(maps[kept].min()) and hi == pytest.approx(maps[kept].max())
+    diffs = np.array([shown(page, f"shown.classDiff[{i}]") for i in range(len(counts))])
+    np.testing.assert_allclose(diffs, maps - (counts @ maps) / counts.sum(), atol=1e-6)
+    np.testing.assert_allclose(counts @ diffs, 0, atol=1e-5)
+    assert page.locator("[data-testid=class-mean] canvas").count() == 2 * len(counts)
+    # Drawn on that scale: a class whose peak is below the top of it never reaches the top colour.
+    g = doc["meta"]["grid"]
+    dimmest = min(np.flatnonzero(kept), key=lambda i: maps[i].max())
+    assert maps[dimmest].max() < hi - 1e-3
+    p = int(maps[dimmest].argmax())
+    x, y = (p % g + 0.5) * 96 / g, (p // g + 0.5) * 96 / g
+    assert pixel(page, f'[data-testid=class-mean][data-class="{dimmest}"] canvas', x, y)[:3] != [252, 255, 164]

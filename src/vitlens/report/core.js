@@ -34,6 +34,12 @@ const argsort = (v) => Array.from(v.keys()).sort((a, b) => v[b] - v[a] || a - b)
 const loadImages = (srcs) => Promise.all(srcs.map((s) => { const im = new Image(); im.src = s; return im.decode().then(() => im); }));
 
 const STOPS = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];  // inferno
+// Blue below, white at the middle, red above: for differences, 0.5 being none.
+function diverging(t) {
+  t = Math.min(1, Math.max(0, t));
+  const far = Math.abs(t - 0.5) * 2, to = t < 0.5 ? [33, 102, 172] : [178, 24, 43];
+  return to.map((c) => Math.round(255 + far * (c - 255)));
+}
 function colour(t) {
   t = Math.min(1, Math.max(0, t)) * (STOPS.length - 1);
   const i = Math.min(STOPS.length - 2, Math.floor(t)), f = t - i;
@@ -52,16 +58,18 @@ async function explorerContext(doc) {
 
   // The image (or black) with a G x G map on top, scaled to its max; top-k patches outlined.
   // Patch edges fall on whole pixels (a 12x12 grid on 64 px would leave seams between cells).
-  function draw(canvas, img, values, { alpha = state.alpha, px = 288, top = [], query = -1, stretch = false } = {}) {
+  function draw(canvas, img, values, { alpha = state.alpha, px = 288, top = [], query = -1, stretch = false,
+                                       range = null, diverge = false } = {}) {
     canvas.width = canvas.height = px;
     const ctx = canvas.getContext("2d"), cell = px / G, edge = (i) => Math.round(i * cell);
     ctx.imageSmoothingEnabled = false;
     if (img) ctx.drawImage(img, 0, 0, px, px); else { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, px, px); }
-    // 0 to the max (a share of attention reads as one); `stretch`: min to max, for means
-    // whose differences are small next to their level.
-    const lo = stretch ? Math.min(...values) : 0, span = Math.max(1e-12, Math.max(...values) - lo);
+    // 0 to the max (a share of attention reads as one); `stretch`: min to max; `range`: one
+    // [lo, hi] shared by several maps, so that they compare; `diverge`: blue-white-red.
+    const lo = range ? range[0] : stretch ? Math.min(...values) : 0;
+    const span = Math.max(1e-12, (range ? range[1] : Math.max(...values)) - lo);
     for (let p = 0; p < P; p++) {
-      const [red, green, blue] = colour((values[p] - lo) / span);
+      const [red, green, blue] = (diverge ? diverging : colour)((values[p] - lo) / span);
       ctx.fillStyle = `rgba(${red},${green},${blue},${img ? alpha : 1})`;
       const c = p % G, r = Math.floor(p / G);
       ctx.fillRect(edge(c), edge(r), edge(c + 1) - edge(c), edge(r + 1) - edge(r));
