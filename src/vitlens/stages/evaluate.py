@@ -1,5 +1,6 @@
 """DVC stage `evaluate`: models/model.pt + test set -> reports/metrics.json, the confusion
-matrix (DVC plot data and PNG) and per-class accuracy (reads evaluate.*, tracking.enabled)."""
+matrix (DVC plot data and PNG), the top confusions and per-class accuracy (reads evaluate.*,
+tracking.enabled)."""
 from __future__ import annotations
 
 import argparse
