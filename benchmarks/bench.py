@@ -27,6 +27,7 @@ from benchmarks.bench_loop import bench_loop
 from benchmarks.bench_precision import bench_precision
 from benchmarks.bench_report import environment, report
 from vitlens.config import ModelConfig, Params, load_params
+from vitlens.data.cifar import TRAIN_IMAGES
 from vitlens.device import native_bf16_cpu, pick_device
 from vitlens.errors import VitlensError, run_main
 from vitlens.io import write_json
@@ -46,8 +47,6 @@ from vitlens.train.harness import (
     time_calls,
     validation_pass,
 )
-
-CIFAR_TRAIN = 50_000   # CIFAR-10 training images, before the validation split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +153,7 @@ def estimate_epochs(params: Params, s: Settings, device: torch.device) -> dict[s
     compiled, from median train and validation step times; the per-epoch extras of
     loop.train (metrics, checkpoint) are left out, so this is a lower bound."""
     t = params.train
-    train_images = CIFAR_TRAIN - params.data.val_size
+    train_images = TRAIN_IMAGES - params.data.val_size  # CIFAR-10's, before the validation split
     steps_per_epoch = train_images // s.batch_size  # training drops the last partial batch
     val_batch = params.evaluate.batch_size  # what loop.validate passes at a time
     val_batches = math.ceil(params.data.val_size / val_batch)

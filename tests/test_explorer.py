@@ -60,7 +60,8 @@ def doc(trained, inputs):
         class_means=explorer.class_means(trained, images, truth, batch_size=5),
         training=explorer.training(snaps),
         facts=explorer.facts(trained, defaults={"model": {"dim": 384}, "train": {"lr": 0.001}},
-                             metrics={"accuracy": 0.5}, faithfulness=None, distance=None))
+                             metrics={"accuracy": 0.5}, faithfulness=None, distance=None,
+                             position_warn=0.5))
 
 
 @pytest.fixture(scope="module")

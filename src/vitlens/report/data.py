@@ -124,7 +124,7 @@ def params_diff(run: dict[str, dict[str, Any]], defaults: dict[str, dict[str, An
 
 
 def facts(trained: Trained, *, defaults: dict[str, dict[str, Any]] | None, metrics: Any,
-          faithfulness: Any, distance: Any, position_warn: float = 0.5) -> dict[str, Any]:
+          faithfulness: Any, distance: Any, position_warn: float) -> dict[str, Any]:
     """The run's numbers: changed params, test accuracy, per-epoch history, faithfulness AUCs
     and position biases, the map they trust (explain/trust.py: the page opens on it) and the
     mean attention distance (L, heads) in pixels; what is missing is None."""

@@ -120,8 +120,13 @@ def device_splits(params: Params, data: ImageSet,
                   device: torch.device) -> tuple[Split, Split, Normalizer]:
     """The training and validation splits of `params` on `device`, and the normaliser of
     the training split's statistics."""
-    p = plan_run(params, data, device)
-    return to_device(*p.train, device), to_device(*p.val, device), Normalizer(*channel_stats(p.train[0]))
+    return on_device(plan_run(params, data, device))
+
+
+def on_device(plan: Plan) -> tuple[Split, Split, Normalizer]:
+    """The plan's splits on its device, and the normaliser of the training split's statistics."""
+    return (to_device(*plan.train, plan.device), to_device(*plan.val, plan.device),
+            Normalizer(*channel_stats(plan.train[0])))
 
 
 @dataclass
@@ -153,8 +158,7 @@ def setup(params: Params, plan: Plan) -> Setup:
     if t.threads:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
-    train_split, val_split = to_device(*plan.train, device), to_device(*plan.val, device)
-    norm = Normalizer(*channel_stats(plan.train[0]))
+    train_split, val_split, norm = on_device(plan)
     model = build_model(params.model, len(plan.classes)).to(device)
     steps_per_epoch = len(train_split) // t.batch_size
     total, warmup = steps_per_epoch * t.epochs, round(steps_per_epoch * t.warmup_epochs)
