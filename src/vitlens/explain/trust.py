@@ -12,11 +12,12 @@ SHOWN = ("rollout", "grad_rollout", "last_layer")  # the maps the explorer draws
 def map_verdicts(faithfulness: dict[str, Any] | None, position_warn: float) -> dict[str, Any] | None:
     """{"best": map, "best_auc": its deletion AUC, "warnings": {map: one line}} from the
     faithfulness stage's JSON; None without it (the explorer then opens on rollout)."""
-    scores = {m: v for m, v in (faithfulness or {}).items() if m in SHOWN and isinstance(v, dict)}
+    faithfulness = faithfulness or {}
+    scores = {m: v for m, v in faithfulness.items() if m in SHOWN and isinstance(v, dict)}
     if not scores:
         return None
     best = min(scores, key=lambda m: scores[m]["deletion_auc"])
-    rand = (faithfulness or {}).get("random")
+    rand = faithfulness.get("random")
     warnings = {}
     for m, s in scores.items():
         why = []
