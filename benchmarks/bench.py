@@ -63,7 +63,7 @@ class Settings:
 QUICK_MODEL = ModelConfig(image_size=IMAGE_SIZE, patch_size=8, dim=32, depth=1, heads=2,
                           mlp_ratio=2.0, dropout=0.0, attn_dropout=0.0, drop_path=0.0,
                           pos_embed="learned", stem="patch", token_drop=0.0,
-                          pool="cls", lsa=False)
+                          pool="cls", lsa=False, registers=0)
 
 
 def settings(args: argparse.Namespace, params: Params, device: torch.device) -> Settings:

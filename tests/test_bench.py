@@ -131,7 +131,7 @@ def test_a_train_step_does_the_work_of_one():
     params = in_precision(load_params(PARAMS), "fp32")
     cfg = ModelConfig(image_size=32, patch_size=4, dim=64, depth=2, heads=2, mlp_ratio=2.0,
                       dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned", stem="patch",
-                      token_drop=0.0, pool="cls", lsa=False)
+                      token_drop=0.0, pool="cls", lsa=False, registers=0)
     s = bench.Settings(batch_size=32, steps=2, warmup=1, rounds=2, images=32, pipeline_epochs=1,
                        model=cfg)
     threads = torch.get_num_threads()

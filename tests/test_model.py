@@ -104,7 +104,7 @@ def test_every_parameter_gets_a_gradient():
 def test_build_model_reads_config():
     cfg = ModelConfig(image_size=32, patch_size=8, dim=48, depth=3, heads=3, mlp_ratio=1.5,
                       dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned", stem="patch",
-                      token_drop=0.0, pool="cls", lsa=False)
+                      token_drop=0.0, pool="cls", lsa=False, registers=0)
     model = build_model(cfg, num_classes=7)
     assert model.grid == 4 and len(model.blocks) == 3
     assert model.blocks[0].mlp[0].out_features == 72
@@ -166,14 +166,15 @@ def test_token_drop_keeps_cls_and_a_random_subset_in_training_and_every_token_ot
     assert attns[0].shape == (3, 4, 65, 65)
 
 
-@pytest.mark.parametrize("patch,dim,depth,mlp,stem,token_drop,pool", [
-    (4, 64, 3, 2.0, "patch", 0.0, "cls"), (2, 48, 2, 3.0, "patch", 0.0, "cls"),
-    (8, 96, 1, 4.0, "patch", 0.0, "cls"), (4, 64, 3, 2.0, "conv", 0.0, "cls"),
-    (8, 96, 1, 4.0, "conv", 0.0, "cls"), (4, 64, 3, 2.0, "patch", 0.25, "cls"),
-    (4, 64, 2, 2.0, "conv", 0.5, "cls"), (4, 64, 3, 2.0, "patch", 0.0, "mean"),
-    (4, 64, 2, 2.0, "patch", 0.25, "mean")])
+@pytest.mark.parametrize("patch,dim,depth,mlp,stem,token_drop,pool,registers", [
+    (4, 64, 3, 2.0, "patch", 0.0, "cls", 0), (2, 48, 2, 3.0, "patch", 0.0, "cls", 0),
+    (8, 96, 1, 4.0, "patch", 0.0, "cls", 0), (4, 64, 3, 2.0, "conv", 0.0, "cls", 0),
+    (8, 96, 1, 4.0, "conv", 0.0, "cls", 0), (4, 64, 3, 2.0, "patch", 0.25, "cls", 0),
+    (4, 64, 2, 2.0, "conv", 0.5, "cls", 0), (4, 64, 3, 2.0, "patch", 0.0, "mean", 0),
+    (4, 64, 2, 2.0, "patch", 0.25, "mean", 0), (4, 64, 3, 2.0, "patch", 0.25, "cls", 4),
+    (4, 64, 2, 2.0, "patch", 0.0, "mean", 2)])
 def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, mlp, stem,
-                                               token_drop, pool):
+                                               token_drop, pool, registers):
     from torch.utils.flop_counter import FlopCounterMode
 
     def sdpa(q, k, v, **kw):  # the CPU's fused kernel is not counted: spell it out
@@ -181,7 +182,8 @@ def test_train_flops_match_torchs_flop_counter(monkeypatch, patch, dim, depth, m
     monkeypatch.setattr(layers.F, "scaled_dot_product_attention", sdpa)
     cfg = ModelConfig(image_size=32, patch_size=patch, dim=dim, depth=depth, heads=2,
                       mlp_ratio=mlp, dropout=0.0, attn_dropout=0.0, drop_path=0.0, pos_embed="learned",
-                      stem=stem, token_drop=token_drop, pool=pool, lsa=False)
+                      stem=stem, token_drop=token_drop, pool=pool, lsa=False,
+                      registers=registers)
     model, x = build_model(cfg, 10), torch.randn(4, 3, 32, 32)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()

@@ -63,6 +63,7 @@ class ModelConfig:
     stem: str = spec(choices=STEMS)
     pool: str = spec(choices=POOLS)
     lsa: bool = spec()  # locality self-attention: no self-attention, a learned scale
+    registers: int = spec(ge=0)  # extra learned tokens attention may rest on (Darcet et al. 2023)
 
 
 # torch.compile's modes: reduce-overhead adds CUDA graphs; max-autotune* search kernels (minutes)

@@ -2,9 +2,11 @@
 rollout, per-head maps, mean attention distance (the model pass is `vitlens.explain.maps`).
 
 Attention tensors follow the model's convention: one `(B, heads, N, N)` tensor per layer,
-row = query, column = key, rows summing to 1. Token 0 is CLS; tokens 1..N-1 are the
+row = query, column = key, rows summing to 1. Token 0 is CLS; tokens 1..grid*grid are the
 patches of a `grid` x `grid` layout in row-major order, so token `1 + r * grid + c` is the
-patch at row r, column c.
+patch at row r, column c; the last `registers` tokens are registers (model.registers). The
+rollouts compose every token, registers too (attention may pass through them), and every map
+reads the patch keys alone.
 
 Every map reads the row of the token the head reads (`pool`): the CLS token's row, or, when
 the head reads the mean of the patch tokens (model.pool=mean), the mean of the patch rows.
@@ -20,22 +22,23 @@ import torch
 from torch import Tensor
 
 
-def _check_tokens(attn: Tensor, grid: int) -> None:
+def _check_tokens(attn: Tensor, grid: int, registers: int) -> None:
     n = attn.shape[-1]
-    if attn.shape[-2] != n or n != 1 + grid * grid:
+    if attn.shape[-2] != n or n != 1 + grid * grid + registers:
         raise ValueError(
             f"attention of shape {tuple(attn.shape)} does not fit a CLS token plus a "
-            f"{grid}x{grid} patch grid (expected last dims {1 + grid * grid})"
+            f"{grid}x{grid} patch grid plus {registers} registers (expected last dims "
+            f"{1 + grid * grid + registers})"
         )
 
 
-def readout_row(m: Tensor, pool: str) -> Tensor:
-    """(..., N, N) -> (..., N - 1): the row of what the head reads over the patch keys: the
+def readout_row(m: Tensor, pool: str, patches: int) -> Tensor:
+    """(..., N, N) -> (..., patches): the row of what the head reads over the patch keys: the
     CLS query's row (pool "cls") or the mean of the patch queries' rows (pool "mean")."""
     if pool not in ("cls", "mean"):
         raise ValueError(f"unknown pool {pool!r}: cls or mean")
-    row = m[..., 0, :] if pool == "cls" else m[..., 1:, :].mean(dim=-2)
-    return row[..., 1:]
+    row = m[..., 0, :] if pool == "cls" else m[..., 1:1 + patches, :].mean(dim=-2)
+    return row[..., 1:1 + patches]
 
 
 def _normalise_last(x: Tensor) -> Tensor:
@@ -67,16 +70,16 @@ def attention_rollout(attns: Sequence[Tensor]) -> Tensor:
     return rollout
 
 
-def rollout_map(attns: Sequence[Tensor], grid: int, *, pool: str = "cls") -> Tensor:
+def rollout_map(attns: Sequence[Tensor], grid: int, *, pool: str = "cls", registers: int = 0) -> Tensor:
     """The readout row of the rollout over the patches, summing to 1, as a (B, grid, grid) map.
 
-    The entry of the CLS key is dropped and the rest renormalised. If the readout draws
+    The entries of the CLS and register keys are dropped and the rest renormalised. If the readout draws
     nothing from the patches (e.g. CLS under identity attention everywhere) the map is all
     zeros, not NaN or a made-up uniform map, so "looks nowhere" stays distinguishable from
     "looks everywhere".
     """
-    _check_tokens(attns[0], grid)
-    row = readout_row(attention_rollout(attns), pool)  # (B, grid*grid)
+    _check_tokens(attns[0], grid, registers)
+    row = readout_row(attention_rollout(attns), pool, grid * grid)  # (B, grid*grid)
     return _normalise_last(row).reshape(-1, grid, grid)
 
 
@@ -100,24 +103,25 @@ def gradient_rollout(attns: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor
 
 
 def gradient_rollout_map(attns: Sequence[Tensor], grads: Sequence[Tensor], grid: int, *,
-                         pool: str = "cls") -> Tensor:
+                         pool: str = "cls", registers: int = 0) -> Tensor:
     """The readout row of the gradient-weighted rollout over the patches, as rollout_map
     makes it: (B, grid, grid), summing to 1, all zeros where no attention raised the score.
     For CLS the identity adds nothing; for the patch mean it adds 1/(grid*grid) to every
     patch: each patch token reaches the head through its own skip path too."""
-    _check_tokens(attns[0], grid)
-    row = readout_row(gradient_rollout(attns, grads), pool)  # (B, grid*grid)
+    _check_tokens(attns[0], grid, registers)
+    row = readout_row(gradient_rollout(attns, grads), pool, grid * grid)  # (B, grid*grid)
     return _normalise_last(row).reshape(-1, grid, grid)
 
 
-def head_maps(attn: Tensor, grid: int, *, pool: str = "cls") -> Tensor:
+def head_maps(attn: Tensor, grid: int, *, pool: str = "cls", registers: int = 0) -> Tensor:
     """One layer's readout attention over the patches, per head: (B, heads, grid, grid).
 
-    Not renormalised: the mass the readout puts on the CLS key is simply missing from the map.
+    Not renormalised: the mass the readout puts on the CLS and register keys is simply missing
+    from the map.
     """
-    _check_tokens(attn, grid)
+    _check_tokens(attn, grid, registers)
     b, heads = attn.shape[:2]
-    return readout_row(attn, pool).reshape(b, heads, grid, grid)
+    return readout_row(attn, pool, grid * grid).reshape(b, heads, grid, grid)
 
 
 def upsample_map(m: Tensor, size: int) -> Tensor:
@@ -144,12 +148,13 @@ def patch_distances(grid: int, patch_size: int) -> Tensor:
     return torch.cdist(centres, centres)
 
 
-def mean_attention_distance(attns: Sequence[Tensor], grid: int, patch_size: int) -> Tensor:
+def mean_attention_distance(attns: Sequence[Tensor], grid: int, patch_size: int, *,
+                            registers: int = 0) -> Tensor:
     """Mean attention distance in pixels per layer and head, (L, heads), as in ViT Fig. 7.
 
     For each patch query: sum over patch keys of attention * distance, then averaged over
-    queries and the batch. CLS has no position, so its query row and key column are
-    dropped and each query's remaining weights renormalised to sum 1 over the patches.
+    queries and the batch. CLS and registers have no position, so their query rows and key
+    columns are dropped and each query's remaining weights renormalised to sum 1 over the patches.
     Averaging over several batches is the caller's job: weight each call by batch size.
     """
     if not attns:
@@ -157,8 +162,9 @@ def mean_attention_distance(attns: Sequence[Tensor], grid: int, patch_size: int)
     dist = patch_distances(grid, patch_size)  # (P, P)
     per_layer = []
     for attn in attns:
-        _check_tokens(attn, grid)
-        patches = _normalise_last(attn[:, :, 1:, 1:].to(torch.float64))  # (B, heads, P, P)
+        _check_tokens(attn, grid, registers)
+        p = 1 + grid * grid
+        patches = _normalise_last(attn[:, :, 1:p, 1:p].to(torch.float64))  # (B, heads, P, P)
         per_query = (patches * dist.to(patches.device)).sum(dim=-1)  # (B, heads, P)
         per_layer.append(per_query.mean(dim=(0, 2)))  # (heads,)
     return torch.stack(per_layer).to(attns[0].dtype)

@@ -67,13 +67,14 @@ def compute_maps(model: ViT, x: Tensor, *, grad: bool = True, target: Tensor | N
             score = logits.gather(1, cls[:, None]).sum()
             grads = torch.autograd.grad(score, attns)  # (B, heads, N, N) per layer
         attns = [a.detach() for a in attns]
-        rel = gradient_rollout_map(attns, grads, model.grid, pool=model.pool)
+        rel = gradient_rollout_map(attns, grads, model.grid, pool=model.pool, registers=model.n_registers)
     else:
         with torch.no_grad():
             logits, attns = model(x, return_attn=True)
     return Maps(logits=logits.detach().float(),
-                rollout=rollout_map(attns, model.grid, pool=model.pool),
-                heads=head_maps(attns[-1], model.grid, pool=model.pool), attns=attns,
+                rollout=rollout_map(attns, model.grid, pool=model.pool, registers=model.n_registers),
+                heads=head_maps(attns[-1], model.grid, pool=model.pool, registers=model.n_registers),
+                attns=attns,
                 grad_rollout=rel)
 
 
@@ -109,5 +110,6 @@ def mean_attention_distance_over(model: ViT, batches: Sequence[Tensor]) -> Tenso
     if not batches:
         raise ValueError("mean_attention_distance_over needs at least one batch")
     sums = [mean_attention_distance(compute_maps(model, x, grad=False).attns, model.grid,
-                                    model.patch_size) * len(x) for x in batches]
+                                    model.patch_size, registers=model.n_registers) * len(x)
+            for x in batches]
     return torch.stack(sums).sum(dim=0) / sum(len(x) for x in batches)

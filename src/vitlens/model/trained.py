@@ -64,8 +64,9 @@ def load_trained(path: str | Path, device: torch.device | str = "auto") -> Train
                            "rerun the train stage (dvc repro train)") from None
     if not isinstance(rec, dict) or rec.get("format") != MODEL_FORMAT:
         raise VitlensError(f"{path} is not a model written by the train stage")
-    # Records written before model.pos_embed, stem, token_drop, pool and lsa existed.
-    old = {"pos_embed": "learned", "stem": "patch", "token_drop": 0.0, "pool": "cls", "lsa": False}
+    # Records written before model.pos_embed, stem, token_drop, pool, lsa and registers existed.
+    old = {"pos_embed": "learned", "stem": "patch", "token_drop": 0.0, "pool": "cls", "lsa": False,
+           "registers": 0}
     vit = build_model(ModelConfig(**{**old, **rec["model_config"]}), rec["num_classes"])
     vit.load_state_dict(rec["state_dict"])
     vit = vit.to(dev).eval()

@@ -1,6 +1,10 @@
 """A Vision Transformer, written here: patch embedding (or a small convolutional stem), CLS
-token, learned (or fixed 2-D sin-cos) positions, pre-norm encoder blocks, final norm and a
-linear head on the CLS token (or on the mean of the patch tokens).
+token, learned (or fixed 2-D sin-cos) positions, optional register tokens, pre-norm encoder
+blocks, final norm and a linear head on the CLS token (or on the mean of the patch tokens).
+
+Tokens, in order: CLS, the grid*grid patches (row-major), then the registers (Darcet et al.
+2023, "Vision Transformers Need Registers"): learned tokens with no position and no pixels,
+somewhere for attention to go that is not a patch. Every map reads the patch tokens alone.
 
 The model owns what belongs to it: its optimizer groups and its FLOP count.
 """
@@ -18,8 +22,9 @@ class ViT(nn.Module):
                  depth: int, heads: int, mlp_ratio: float, dropout: float = 0.0,
                  attn_dropout: float = 0.0, drop_path: float = 0.0, channels: int = 3,
                  pos_embed: str = "learned", stem: str = "patch", token_drop: float = 0.0,
-                 pool: str = "cls", lsa: bool = False):
+                 pool: str = "cls", lsa: bool = False, registers: int = 0):
         super().__init__()
+        assert registers >= 0, f"registers must be >= 0, got {registers}"
         assert pool in ("cls", "mean"), f"unknown pool {pool!r}"
         self.pool = pool
         assert image_size % patch_size == 0, "image size must be divisible by patch size"
@@ -30,6 +35,8 @@ class ViT(nn.Module):
         self.patch_embed = (conv_stem(channels, dim, patch_size) if stem == "conv" else
                             nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.n_registers = registers
+        self.registers = nn.Parameter(torch.zeros(1, registers, dim)) if registers else None  # (1, R, dim)
         assert pos_embed in ("learned", "sincos"), f"unknown pos_embed {pos_embed!r}"
         if pos_embed == "sincos":  # a buffer: saved with the weights, never trained
             self.register_buffer("pos_embed", sincos_2d(self.grid, dim))
@@ -59,6 +66,8 @@ class ViT(nn.Module):
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.registers is not None:
+            nn.init.trunc_normal_(self.registers, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -74,6 +83,8 @@ class ViT(nn.Module):
         x = x + self.pos_embed  # (B, N, dim), N = 1 + grid*grid
         if self.training and self.keep < self.grid**2 and not return_attn:
             x = keep_tokens(x, self.keep)  # (B, 1 + keep, dim); evaluation and maps read all
+        if self.registers is not None:
+            x = torch.cat([x, self.registers.expand(x.shape[0], -1, -1)], dim=1)  # (B, 1 + P + R, dim)
         x = self.drop(x)
         attns = []
         for i, block in enumerate(self.blocks):
@@ -84,7 +95,8 @@ class ViT(nn.Module):
             attns.append(attn)
         # Mean pooling: the CLS token stays in the sequence (a token every patch may read),
         # but the head reads the mean of the patch tokens, (B, dim), normalised after pooling.
-        logits = self.head(self.norm(x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)))
+        patches = x[:, 1:x.shape[1] - self.n_registers]  # (B, P, dim), no registers
+        logits = self.head(self.norm(x[:, 0] if self.pool == "cls" else patches.mean(dim=1)))
         return (logits, attns) if return_attn else logits
 
 
@@ -93,7 +105,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
                dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
                dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, drop_path=cfg.drop_path,
                pos_embed=cfg.pos_embed, stem=cfg.stem, token_drop=cfg.token_drop, pool=cfg.pool,
-               lsa=cfg.lsa)
+               lsa=cfg.lsa, registers=cfg.registers)
 
 
 def train_flops_per_image(cfg: ModelConfig, num_classes: int = 10) -> float:
@@ -101,7 +113,7 @@ def train_flops_per_image(cfg: ModelConfig, num_classes: int = 10) -> float:
     Counts the matrix products (embedding, QKV, attention, projection, MLP, head), with
     the last block on the CLS query alone (model.pool=cls) and the patch tokens
     model.token_drop keeps, as ViT.forward runs it in training."""
-    n = kept_patches((cfg.image_size // cfg.patch_size) ** 2, cfg.token_drop) + 1
+    n = kept_patches((cfg.image_size // cfg.patch_size) ** 2, cfg.token_drop) + 1 + cfg.registers
     d, h = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
     token = 4 * d * d + 2 * h * d + 2 * n * d  # QKV, projection, MLP, QK^T and AV per query
     # K and V of every token, the rest for CLS only; every query when the head reads the mean.
@@ -122,13 +134,13 @@ def _embed_macs(cfg: ModelConfig, channels: int) -> tuple[int, int]:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices/kernels only: not biases, norms, CLS or positions."""
+    """Weight decay on weight matrices/kernels only: not biases, norms, CLS, registers or positions."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_embedding = name.rsplit(".", 1)[-1] in ("cls_token", "pos_embed")
+        is_embedding = name.rsplit(".", 1)[-1] in ("cls_token", "pos_embed", "registers")
         (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]

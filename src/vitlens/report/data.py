@@ -69,13 +69,15 @@ def gallery(trained: Trained, images: np.ndarray, labels: list[str], truth: list
     """The chosen images (uint8 (n, 3, S, S)) with their predictions and every map; the
     attention rows of `layers` x `heads` (0-based) for the head and model views."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("probs", "rollout", "grad", "heads", "attn")}
+    shown = 1 + trained.vit.grid**2  # CLS and the patches: the views draw no registers
     for xb in torch.from_numpy(np.ascontiguousarray(images)).split(batch_size):
         m = compute_maps(trained.vit, trained.norm(xb.to(trained.device)))
         parts["probs"].append(torch.softmax(m.logits, dim=1).cpu().numpy())
         parts["rollout"].append(m.rollout.cpu().numpy())
         parts["grad"].append(m.by_name("grad_rollout").cpu().numpy())
         parts["heads"].append(m.heads.cpu().numpy())
-        parts["attn"].append(torch.stack([m.attns[l][:, heads] for l in layers], dim=1).float().cpu().numpy())
+        attn = torch.stack([m.attns[l][:, heads, :shown, :shown] for l in layers], dim=1)
+        parts["attn"].append(attn.float().cpu().numpy())
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     probs = cat["probs"]
     return {"labels": list(labels), "truth": list(truth), "pred": probs.argmax(1).tolist(),
