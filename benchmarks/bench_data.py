@@ -18,6 +18,7 @@ from vitlens.data.normalize import Normalizer, channel_stats
 from vitlens.data.split import Split, batch_indices
 from vitlens.train.harness import (
     IMAGE_SIZE,  # the pipelines produce CIFAR-sized images whatever the model
+    NUM_CLASSES,
     alternate,
     paired_speedup,
     summarize_calls,
@@ -59,7 +60,8 @@ def ours_epoch(split: Split, norm: Normalizer, params: Params, batch_size: int,
                device: torch.device) -> Callable[[], None]:
     """An epoch of inputs as loop.train makes them."""
     order = torch.Generator(device).manual_seed(0)
-    batch = batch_maker(split, norm, params.train, torch.Generator(device).manual_seed(1))
+    batch = batch_maker(split, norm, params.train, torch.Generator(device).manual_seed(1),
+                        classes=NUM_CLASSES)
 
     def epoch() -> None:
         for idx in batch_indices(len(split), batch_size, order):

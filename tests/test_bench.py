@@ -24,7 +24,8 @@ from vitlens.config import ModelConfig, load_params
 from vitlens.data.normalize import channel_stats
 from vitlens.model.vit import build_model, train_flops_per_image
 from vitlens.train import harness, preset
-from vitlens.train.step import make_optimizer, optimizer_step
+from vitlens.train.optim import make_optimizer
+from vitlens.train.step import optimizer_step
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 MAX_CPU_FLOPS = 10e12  # FLOP/s: far above any CPU's fp32 peak; a faster "step" did no work
@@ -225,7 +226,7 @@ def test_pipelines_produce_the_same_augmentations(pil):
                                                                  pil), pil)
     theirs = torch.stack([ds[i][0] for i in range(8)])
     split = Split(torch.from_numpy(x), torch.from_numpy(y))
-    ours, labels = batch_maker(split, norm, t, torch.Generator().manual_seed(0))(torch.arange(8))
+    ours, labels = batch_maker(split, norm, t, torch.Generator().manual_seed(0), classes=10)(torch.arange(8))
     assert theirs.dtype == ours.dtype == torch.float32
     assert torch.equal(labels, torch.from_numpy(y))
     for i in range(8):

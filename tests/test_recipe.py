@@ -175,7 +175,7 @@ def test_cutout_blanks_one_square_of_each_training_image_to_the_mean(tiny_params
     x = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)  # no pixel at the mean yet
     norm = Normalizer(mean=[0.0] * 3, std=[1.0] * 3)  # 0 after normalising = pixel value 0
     make = step.batch_maker(Split(x, torch.zeros(64, dtype=torch.long)), norm, t,
-                            torch.Generator().manual_seed(0))
+                            torch.Generator().manual_seed(0), classes=10)
     out, _ = make(torch.arange(64))
     blank = out == 0
     assert torch.equal(blank[:, :1].expand_as(blank), blank), "the square spans all channels"
@@ -187,7 +187,7 @@ def test_cutout_blanks_one_square_of_each_training_image_to_the_mean(tiny_params
     assert len({tuple(r.nonzero()[0].tolist()) for r in rows}) > 1, "placed at random"
     off = step.batch_maker(Split(x, torch.zeros(64, dtype=torch.long)), norm,
                            tiny_params(**{"train.crop_padding": 0, "train.flip": False}).train,
-                           torch.Generator().manual_seed(0))
+                           torch.Generator().manual_seed(0), classes=10)
     assert torch.equal(off(torch.arange(64))[0], norm(x)), "0 = off"
 
 

@@ -68,6 +68,7 @@ class ModelConfig:
 
 # torch.compile's modes: reduce-overhead adds CUDA graphs; max-autotune* search kernels (minutes)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OPTIMIZERS = ("adamw", "muon")  # muon: Muon for the blocks' weight matrices, AdamW for the rest
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA and native-bf16 CPUs (device.use_bf16)
 
 
@@ -84,9 +85,13 @@ class TrainConfig:
     token_drop_decay: bool = spec()  # model.token_drop in the first epoch, linearly to 0 in the last
     ema: float = spec(ge=0, lt=1)  # per-step decay of the weights' moving average; 0 = off
     grad_clip: float = spec(ge=0)
+    optimizer: str = spec(choices=OPTIMIZERS)
     crop_padding: int = spec(ge=0)
     flip: bool = spec()
     cutout: int = spec(ge=0)  # side of a square blanked in each training image; 0 = off
+    trivial_augment: bool = spec()  # one random op per image, on the device (data/trivial.py)
+    mixup: float = spec(ge=0)  # MixUp's Beta alpha; 0 = off
+    cutmix: float = spec(ge=0)  # CutMix's Beta alpha; 0 = off (both on: one per batch)
     seed: int = spec(ge=0)
     device: str = spec(choices=("auto", "cpu", "cuda", "mps"))
     precision: str = spec(choices=PRECISIONS)

@@ -133,15 +133,22 @@ def _embed_macs(cfg: ModelConfig, channels: int) -> tuple[int, int]:
     return convs[0], sum(convs[1:]) + side[-1] ** 2 * widths[-1] * cfg.dim
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices/kernels only: not biases, norms, CLS, registers or positions."""
+def param_groups(model: nn.Module, weight_decay: float, *, muon: bool = False) -> list[dict]:
+    """Weight decay on weight matrices/kernels only: not biases, norms, CLS, registers or
+    positions. With `muon`, the blocks' weight matrices (attention and MLP) form a third
+    group flagged "muon": Muon suits hidden 2-D matrices, not the embedding or the head."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
+    hidden: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_embedding = name.rsplit(".", 1)[-1] in ("cls_token", "pos_embed", "registers")
-        (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        if muon and p.ndim == 2 and name.startswith("blocks."):
+            hidden.append(p)
+        else:
+            (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return groups + ([{"params": hidden, "weight_decay": weight_decay, "muon": True}] if muon else [])
 

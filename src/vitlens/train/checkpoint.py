@@ -9,6 +9,7 @@ from torch import nn
 
 from vitlens.config import Params
 from vitlens.io import save_torch
+from vitlens.train.optim import Optimizer
 
 SECTIONS = ("data", "model", "train")
 # Keys that change where the data comes from or how fast a step runs, never the weights:
@@ -22,7 +23,7 @@ def checkpoint_digest(params: Params) -> str:
     return params.digest(*SECTIONS, exclude=NOT_WEIGHTS)
 
 
-def checkpoint_state(model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int,
+def checkpoint_state(model: nn.Module, opt: Optimizer, epoch: int, step: int,
                      history: list, digest: str, run_id: str | None, extra: dict | None = None) -> dict:
     # No RNG state: every epoch reseeds its generators (step.seed_epoch), on every rank.
     return {"digest": digest, "epoch": epoch, "step": step, "history": history,

@@ -25,7 +25,8 @@ from vitlens.data.split import Split
 from vitlens.device import autocast, use_bf16
 from vitlens.model.vit import build_model
 from vitlens.train.ema import EMA
-from vitlens.train.step import batch_maker, make_optimizer, optimizer_step
+from vitlens.train.optim import Optimizer, make_optimizer
+from vitlens.train.step import batch_maker, optimizer_step
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32  # pixels: CIFAR-sized images whatever the model
@@ -49,9 +50,10 @@ def synthetic_split(n: int, device: torch.device, seed: int = 0) -> tuple[Split,
 
 def augmented(split: Split, norm: Normalizer, t: TrainConfig, *, seed: int = 0,
               order: Iterator[Tensor] | None = None) -> Batch:
-    """Fresh batches as loop.train makes them (crop, flip, normalise, cutout) of the
+    """Fresh batches as loop.train makes them (crop, flip, maybe TrivialAugment, normalise, cutout, mix) of the
     indices `order` yields in turn, or else of the first train.batch_size images each time."""
-    make = batch_maker(split, norm, t, torch.Generator(split.x.device).manual_seed(seed))
+    make = batch_maker(split, norm, t, torch.Generator(split.x.device).manual_seed(seed),
+                       classes=NUM_CLASSES)
     first = torch.arange(t.batch_size, device=split.x.device)
     return lambda: make(next(order) if order is not None else first)
 
@@ -67,7 +69,7 @@ class Harness:
     AdamW on `model`, then the weight average's update when train.ema is on."""
     model: nn.Module
     fwd: nn.Module
-    opt: torch.optim.Optimizer
+    opt: Optimizer
     ema: EMA | None
     batch: Batch
     train: TrainConfig

@@ -27,13 +27,13 @@ from vitlens.train.checkpoint import checkpoint_digest, checkpoint_state, save_c
 from vitlens.train.distributed import Dist
 from vitlens.train.ema import EMA
 from vitlens.train.evaluation import evaluate_logits, split_logits
+from vitlens.train.optim import Optimizer, make_optimizer
 from vitlens.train.plan import Plan, plan_run
 from vitlens.train.step import (
     EpochStats,
     batch_maker,
     check_finite,
     lr_at,
-    make_optimizer,
     optimizer_step,
     seed_epoch,
     smoothing_at,
@@ -134,7 +134,7 @@ class Setup:
     """What a training run is made of, before its first step."""
 
     model: ViT
-    opt: torch.optim.AdamW
+    opt: Optimizer
     train_split: Split
     val_split: Split
     norm: Normalizer
@@ -227,7 +227,7 @@ def train(params: Params, data: ImageSet, *, checkpoint: Path, state: dict | Non
         if hook is not None:
             hook.restore(state)
     fwd = forward_module(s.model, t, wrap)
-    batch = batch_maker(s.train_split, s.norm, t, s.gens["augment"])
+    batch = batch_maker(s.train_split, s.norm, t, s.gens["augment"], classes=len(plan.classes))
     digest = checkpoint_digest(params)
     for epoch in range(start_epoch + 1, t.epochs + 1):
         t0 = time.perf_counter()

@@ -1,5 +1,5 @@
 """One training step and what it needs: the lr schedule, per-epoch seeding, the augmented
-batch, AdamW and the step itself, and running sums that never sync the host. The training
+batch and the step itself, and running sums that never sync the host. The training
 loop (vitlens.train.loop), the bench and the profiler all run this same step."""
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from torch import Tensor, nn
 
 from vitlens.config import TrainConfig
 from vitlens.data.augment import CropFlip, cutout
+from vitlens.data.mix import mix_batch
 from vitlens.data.normalize import Normalizer
 from vitlens.data.split import Split
+from vitlens.data.trivial import trivial_augment
 from vitlens.device import autocast
 from vitlens.errors import VitlensError
-from vitlens.model.vit import param_groups
 from vitlens.train.distributed import Dist
+from vitlens.train.optim import Optimizer
 
 
 def lr_at(step: int, *, total: int, warmup: int, lr: float, min_lr: float) -> float:
@@ -65,6 +67,8 @@ class EpochStats:
         self.n = 0
 
     def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        """y: labels (B,), or soft targets (B, classes), scored on their larger part."""
+        y = y.argmax(1) if y.ndim == 2 else y
         self.sums += torch.stack([loss.detach().double() * y.numel(),
                                   (logits.argmax(1) == y).sum().double()])
         self.n += y.numel()
@@ -89,26 +93,23 @@ def check_finite(loss: Tensor, epoch: int, step: int) -> float:
     return value
 
 
-def batch_maker(split: Split, norm: Normalizer, t: TrainConfig,
-                augment: torch.Generator) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-    """Indices -> (cropped, flipped, normalised, maybe cut out images, labels) of `split`:
-    the training input."""
+def batch_maker(split: Split, norm: Normalizer, t: TrainConfig, augment: torch.Generator, *,
+                classes: int) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """Indices -> the training input of `split`: images cropped, flipped, maybe trivially
+    augmented (uint8), normalised, maybe cut out, maybe MixUp'd or CutMix'd; labels (B,), or
+    soft targets (B, classes) when mixed."""
     crop_flip = CropFlip(split.x, padding=t.crop_padding, flip=t.flip)
 
     def batch(idx: Tensor) -> tuple[Tensor, Tensor]:
-        x = norm(crop_flip(idx, augment))
-        return (cutout(x, t.cutout, augment) if t.cutout else x), split.y[idx]
+        x = crop_flip(idx, augment)
+        x = norm(trivial_augment(x, augment) if t.trivial_augment else x)
+        x = cutout(x, t.cutout, augment) if t.cutout else x
+        return mix_batch(x, split.y[idx], classes, mixup_alpha=t.mixup, cutmix_alpha=t.cutmix,
+                         generator=augment)
     return batch
 
 
-def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, decay on weight matrices only; the fused kernel where there is one (one
-    launch per step on CUDA instead of one per op)."""
-    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.999),
-                             fused=device.type in ("cuda", "cpu"))
-
-
-def optimizer_step(fwd: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor,
+def optimizer_step(fwd: nn.Module, model: nn.Module, opt: Optimizer, x: Tensor,
                    y: Tensor, t: TrainConfig, device: torch.device, *,
                    bf16: bool, label_smoothing: float | None = None) -> tuple[Tensor, Tensor]:
     """One step on (x, y): autocast forward through `fwd` (the model, maybe wrapped) in bf16
