@@ -33,6 +33,7 @@ from vitlens.explain.faithfulness import (
 from vitlens.explain.maps import compute_maps, explanation_maps, random_maps
 from vitlens.model.vit import ViT
 from vitlens.pipeline.faithfulness import run_faithfulness
+from vitlens.plots import faithfulness as faithfulness_plots
 from vitlens.plots import figures as plots
 
 SIZE, PATCH, CLASSES = 16, 4, 4
@@ -296,8 +297,12 @@ def test_overlays_gain_the_gradient_weighted_column():
     np.testing.assert_array_equal(axes[3].images[1].get_array(), maps[1])
 
 
-def test_stage_writes_metrics_curves_figures_and_logs_to_the_run(project, cifar_npz):
+def test_stage_writes_metrics_curves_figures_and_logs_to_the_run(project, cifar_npz, monkeypatch):
     out, metrics_path = project / "reports/faithfulness", project / "reports/faithfulness.json"
+    drawn = []  # the methods figure's columns, in order
+    real = faithfulness_plots.methods_figure
+    monkeypatch.setattr(faithfulness_plots, "methods_figure",
+                        lambda images, maps, *a, **kw: drawn.append(list(maps)) or real(images, maps, *a, **kw))
     metrics = run_faithfulness(str(project / "params.yaml"), project / "models/model.pt",
                                cifar_npz, out, metrics_path)
     assert json.loads(metrics_path.read_text()) == metrics
@@ -323,6 +328,9 @@ def test_stage_writes_metrics_curves_figures_and_logs_to_the_run(project, cifar_
     assert len(rows) == 1 + 8 + 1 and rows[-1].startswith("1.0,")
     for name in ("curves.png", "methods.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
+    # The figure leads with the map this run's deletion AUC ranks best; random, the floor, last.
+    scored = sorted(methods[:3], key=lambda m: metrics[m]["deletion_auc"])
+    assert drawn == [scored + ["random"]]
     again = run_faithfulness(str(project / "params.yaml"), project / "models/model.pt",
                              cifar_npz, out, metrics_path)
     assert again == metrics  # same params, same numbers

@@ -45,20 +45,23 @@ def figures(data: ImageSet, chosen: np.ndarray, pred: Tensor, maps: dict[str, Te
             summary: dict[str, dict[str, float]], position: dict[str, PositionBias],
             cfg: FaithfulnessConfig) -> dict[str, Figure]:
     """The mean curves, and the first `show_images` chosen images with every method's map,
-    a map whose position bias reaches `position_warn` flagged."""
+    most faithful first (this run's deletion AUC; random last, the floor), a map whose
+    position bias reaches `position_warn` flagged."""
     show, classes = slice(0, cfg.show_images), data.classes
     images = data.x_test[chosen[show]]
     titles = [f"test #{i}: {classes[t]}\npredicted {classes[p]}"
               for i, t, p in zip(chosen[show], data.y_test[chosen[show]], pred[show].tolist())]
-    up = {m: upsample_map(v[show], images.shape[-1]).numpy() for m, v in maps.items()}
+    order = sorted(maps, key=lambda m: (m == "random", summary[m]["deletion_auc"]))
+    up = {m: upsample_map(maps[m][show], images.shape[-1]).numpy() for m in order}
     scores = {m: torch.stack([auc(c.deletion[show]), auc(c.insertion[show])], dim=1).numpy()
               for m, c in curves.items()}
     flags = {m: f"position bias {p.score:.2f}" for m, p in position.items()
              if p.score >= cfg.position_warn}
     return {"curves.png": faithfulness_plots.curves_figure(fraction, means, summary, images=len(chosen),
                                                            confidence=cfg.confidence),
-            "methods.png": faithfulness_plots.methods_figure(images, up, titles, scores,
-                                                             flags=flags)}
+            "methods.png": faithfulness_plots.methods_figure(
+                images, up, titles, scores, flags=flags,
+                title="Explanation maps, most faithful first (this run's deletion AUC)")}
 
 
 def run_faithfulness(params_path: str | Path, model_path: Path, data_path: Path, out_dir: Path,
