@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from benchmarks.bench_attention import bench_attention
-from benchmarks.bench_data import bench_pipelines
+from benchmarks.bench_data import bench_levers, bench_pipelines
 from benchmarks.bench_loop import bench_loop
 from benchmarks.bench_precision import bench_precision
 from benchmarks.bench_report import environment, report
@@ -230,6 +230,8 @@ def run_bench(params: Params, s: Settings, device: torch.device,
                                      rounds=s.rounds, device=device),
         "pipeline": bench_pipelines(params, images=s.images, batch_size=s.batch_size,
                                      epochs=s.pipeline_epochs, device=device),
+        "levers": bench_levers(params, images=s.images, batch_size=s.batch_size, rounds=s.rounds,
+                               step_s=models["ours"]["median_s"], device=device),
         "epochs": bench_epochs(params, s, device)}
     # Other processes' CPU load skews CPU timings: record it to judge the numbers by.
     result["environment"]["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}

@@ -2,6 +2,7 @@
 normalise) against the usual per-image torchvision DataLoader, on the same synthetic images."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from benchmarks.bench_report import loader_name
-from vitlens.config import Params
+from vitlens.config import Params, TrainConfig
 from vitlens.data.normalize import Normalizer, channel_stats
 from vitlens.data.split import Split, batch_indices
 from vitlens.train.harness import (
@@ -120,4 +121,33 @@ def bench_pipelines(params: Params, *, images: int, batch_size: int, epochs: int
     out["ratio_ours_over_best_dataloader"] = (out["ours"]["images_per_second"]
                                               / out[best]["images_per_second"])
     out["paired_ratio_ours_over_best_dataloader"] = paired_speedup(out["ours"], out[best])
+    return out
+
+
+LEVERS = {"trivial_augment": {"trivial_augment": True}, "mixup": {"mixup": 0.8},
+          "cutmix": {"cutmix": 1.0}}
+
+
+def bench_levers(params: Params, *, images: int, batch_size: int, rounds: int, step_s: float,
+                 device: torch.device) -> dict[str, Any]:
+    """What each batch-level augmentation lever adds to making a batch, on `images` synthetic
+    images: seconds per batch with the params' pipeline as it is (`plain`) and with each lever
+    on, in alternating rounds; the extra over `step_s`, a training step's seconds."""
+    x, y = synthetic_images(images)
+    norm = Normalizer(*channel_stats(x))
+    split = Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+    idx = torch.arange(batch_size, device=device)
+    base = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in ("mixup", "cutmix")}
+    configs = {"plain": {**base, "trivial_augment": False, "mixup": 0.0, "cutmix": 0.0}}
+    configs |= {name: {**configs["plain"], **keys} for name, keys in LEVERS.items()}
+    makers = {name: batch_maker(split, norm, TrainConfig(**cfg), torch.Generator(device).manual_seed(0),
+                                classes=NUM_CLASSES) for name, cfg in configs.items()}
+    fns = {name: (lambda make=make: make(idx)) for name, make in makers.items()}
+    for fn in fns.values():
+        fn()
+    times = alternate(fns, n=4 * rounds, rounds=rounds, device=device)
+    out: dict[str, Any] = {name: summarize_calls(sec, batch_size) for name, sec in times.items()}
+    for name in LEVERS:
+        out[name]["extra_share_of_step"] = (out[name]["median_s"] - out["plain"]["median_s"]) / step_s
+    out["step_s"] = step_s
     return out

@@ -116,6 +116,14 @@ def pipeline_table(p: dict[str, Any]) -> str:
             f"(median of per-round ratios: {p['paired_ratio_ours_over_best_dataloader']:.2f}x)")
 
 
+def levers_table(lv: dict[str, Any]) -> str:
+    rows = [[name, f"{lv[name]['median_s'] * 1e3:.2f}",
+             f"{lv[name]['extra_share_of_step']:+.1%}" if name != "plain" else ""]
+            for name in lv if name != "step_s"]
+    return markdown_table(rows, ["a batch with each lever on", "median ms/batch",
+                                 f"extra, of a {lv['step_s'] * 1e3:.0f} ms step"])
+
+
 def epoch_table(ep: dict[str, Any]) -> str:
     if "skipped" in ep:
         return f"epoch estimate skipped: {ep['skipped']}"
@@ -137,4 +145,5 @@ def report(r: dict[str, Any]) -> str:
             f"1-minute load average: {load['before']:.2f} before, {load['after']:.2f} after"]
     return "\n\n".join(["\n".join(head), model_table(r["models"]), attention_table(r["attention"]),
                          loop_table(r["loop"]), precision_table(r["precision"]),
-                         pipeline_table(r["pipeline"]), epoch_table(r["epochs"])])
+                         pipeline_table(r["pipeline"]), levers_table(r["levers"]),
+                         epoch_table(r["epochs"])])

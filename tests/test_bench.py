@@ -46,8 +46,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, dict
     seen: dict = {"calls": 0, "images": [], "first": None}
     real = bench_data.batch_maker
 
-    def watched(split, norm, t, augment):
-        batch = real(split, norm, t, augment)
+    def watched(split, norm, t, augment, **kw):
+        batch = real(split, norm, t, augment, **kw)
 
         def recorded(idx):
             out = batch(idx)
@@ -81,6 +81,18 @@ def assert_timed(r: dict, per_call: int, calls: int, rounds: int) -> None:
 
 def paired(a: dict, b: dict) -> float:
     return statistics.median(tb / ta for ta, tb in zip(a["round_medians_s"], b["round_medians_s"]))
+
+
+def test_the_bench_times_each_augmentation_lever_against_the_step(quick_run):
+    result, printed, _ = quick_run
+    levers = result["levers"]
+    assert levers["step_s"] == result["models"]["ours"]["median_s"]
+    for name in ("plain", "trivial_augment", "mixup", "cutmix"):
+        assert_timed(levers[name], 16, 8, 2)
+    for name in ("trivial_augment", "mixup", "cutmix"):
+        extra = (levers[name]["median_s"] - levers["plain"]["median_s"]) / levers["step_s"]
+        assert levers[name]["extra_share_of_step"] == pytest.approx(extra), name
+    assert "a batch with each lever on" in printed
 
 
 def test_records_environment_and_config(quick_run):
@@ -174,7 +186,8 @@ def test_our_pipeline_makes_every_batch_of_every_epoch(quick_run):
     batches = pipe["images"] // cfg["batch_size"]
     assert "ours_1_thread" in pipe  # torch had 2 threads
     runs = 2  # "ours", then "ours_1_thread": the same epochs on one thread
-    assert seen["calls"] == runs * (1 + cfg["pipeline_epochs"]) * batches
+    levers = 4 * (1 + 4 * cfg["rounds"])  # bench_levers: 4 makers, one untimed batch, 4 per round
+    assert seen["calls"] == runs * (1 + cfg["pipeline_epochs"]) * batches + levers
     assert set(seen["images"]) == {cfg["batch_size"]}
     x, norm, t, (images, labels) = seen["first"]
     assert images.shape == (cfg["batch_size"], 3, 32, 32) and images.dtype == torch.float32
