@@ -26,12 +26,16 @@ def top_k(patches: int) -> int:
     return max(1, math.ceil(TOP_SHARE * patches))
 
 
+def repeat(m: np.ndarray, f: int) -> np.ndarray:
+    """(..., g, g) -> (..., f g, f g), each value repeated over f x f cells."""
+    return m.repeat(f, axis=-2).repeat(f, axis=-1)
+
+
 def common_grid(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, ga, ga) and (n, gb, gb) maps -> both (n, g, g) with g = lcm(ga, gb), nearest."""
     ga, gb = a.shape[-1], b.shape[-1]
     g = math.lcm(ga, gb)
-    up = (lambda m, f: m.repeat(f, axis=-2).repeat(f, axis=-1))
-    return up(a, g // ga), up(b, g // gb)
+    return repeat(a, g // ga), repeat(b, g // gb)
 
 
 def ranks(x: np.ndarray) -> np.ndarray:

@@ -52,8 +52,8 @@ const initialState = (map = "rollout") => ({ k: 0, map, alpha: 0.6, layer: 0, he
   pinned: false, epoch: 0, snapMap: "rollout", cls: "all", correct: "all" });
 
 // The shared context of every view: one model's document, decoded, and the page's state.
-// `id` puts `prefix` before an element's id (the compare page holds two of most views) and
-// `label` before every section's title; `linked` redraws what follows the layer, head and
+// `id` puts `prefix` before an element's id (the compare page holds two of most views), and
+// `label` goes before the title of each section with such an id; `linked` redraws what follows the layer, head and
 // token, `renderAll` everything that follows the selected image.
 async function explorerContext(doc, { state = null, prefix = "", label = "", app = null } = {}) {
   const M = doc.meta, G = M.grid, P = G * G, N = P + 1;
@@ -129,7 +129,8 @@ async function explorerContext(doc, { state = null, prefix = "", label = "", app
 
   app = app || document.getElementById("app");
   const section = (sid, title, parent = app) => {
-    const s = el("section", { id: sid }, el("h2", { text: label ? `${label} · ${title}` : title }));
+    const own = label && prefix && sid.startsWith(prefix);  // this model's view, not a shared one
+    const s = el("section", { id: sid }, el("h2", { text: own ? `${label} · ${title}` : title }));
     parent.append(s);
     return s;
   };
