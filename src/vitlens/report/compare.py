@@ -73,7 +73,7 @@ def side_document(s: Side, images: np.ndarray, labels: list[str], truth: list[in
     t, r = s.trained, s.reports
     return data.document(
         t, title=s.name, kind="run",
-        gallery=data.gallery(t, images, labels, truth, layers=layers, heads=heads, batch_size=batch_size),
+        gallery=data.gallery(t, images, labels, [*truth], layers=layers, heads=heads, batch_size=batch_size),
         class_means=data.class_means(t, means[0], means[1], batch_size=batch_size, maps=means[2]),
         facts=data.facts(t, defaults=None, metrics=r.get("metrics"), faithfulness=r.get("faithfulness"),
                          distance=r.get("distance"), position_warn=position_warn))
