@@ -59,7 +59,8 @@ def run_compare(a: str, b: str, out: Path, *, params_path: Path, data_path: Path
     means_idx = seeded_sample(n_test, min(n_test, cfg.class_images), cfg.seed, draw=1)
     sides = [compare.Side(r.name, t, r.reports) for r, t in zip(refs, models)]
     doc = compare.document(
-        sides[0], sides[1], data.x_test[chosen], [f"test #{i}" for i in chosen], [int(t) for t in data.y_test[chosen]],
+        sides[0], sides[1], data.x_test[chosen], [f"test #{i}" for i in chosen],
+        [int(t) for t in data.y_test[chosen]],
         means_images=data.x_test[means_idx], means_labels=[int(t) for t in data.y_test[means_idx]],
         layers=(within(cfg.layers, len(models[0].vit.blocks)), within(cfg.layers, len(models[1].vit.blocks))),
         heads=(within(cfg.heads, models[0].params["model"]["heads"]),

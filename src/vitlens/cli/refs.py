@@ -12,14 +12,17 @@ Anything else, or a model that cannot be read, is one line (VitlensError).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitlens.errors import VitlensError, first_line
-from vitlens.tracking import runs
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the one-line output
+
+from vitlens.errors import VitlensError, first_line  # noqa: E402
+from vitlens.tracking import runs  # noqa: E402
 
 MODEL = "models/model.pt"  # the train stage's model, in a project, a revision and a run
 # Each report: where the stages write it in a project, and where they log it in the run.
