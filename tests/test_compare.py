@@ -64,9 +64,11 @@ def doc(models, inputs):
     images, truth = inputs
     a, b = models
     metrics = {"accuracy": 0.5, "per_class_accuracy": {c: i / 10 for i, c in enumerate(CLASSES)}}
+    ra, rb = (maps_of(t, images).rollout.numpy() for t in models)
     return compare.document(
         compare.Side("runA", a, {"metrics": metrics}), compare.Side("runB", b, {}), images,
-        [f"test #{i}" for i in range(N_IMAGES)], truth, means_images=images, means_labels=truth,
+        [f"test #{i}" for i in range(N_IMAGES)], truth, rollouts=(ra, rb), means_images=images,
+        means_labels=truth, means_rollouts=(ra, rb),
         layers=([0, 1], [0, 1, 2]), heads=([0, 1, 2, 3], [0, 1]), batch_size=5, position_warn=0.5)
 
 

@@ -3,6 +3,7 @@ an MLflow run by id, runs:/ and models:/ URI, a DVC experiment name and a git re
 the one-line errors that write nothing (a missing file, a wrong name, an unreadable file,
 classes that differ, a run without the model file)."""
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import registered_uri, run_cli
+from conftest import PROJECT_ROOT, registered_uri, run_cli
 from dvcrepo import clean_env
 from vitlens.cli import compare, refs
 from vitlens.model.trained import load_trained
@@ -122,3 +123,21 @@ def test_models_of_other_classes_are_one_line_and_write_nothing(project, cifar_n
                        tmp_path / "flowers.pt")
     one_line_error(code, err, "does not share the dataset's classes", "flower0")
     assert not out.exists()
+
+
+def test_the_size_and_speed_check_runs_both_commands_and_opens_the_page(project, cifar_npz, tmp_path,
+                                                                         monkeypatch):
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from benchmarks import compare_check
+    from conftest import CHROMIUM
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("no Chromium")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)]))
+    model = str(project / "models/model.pt")
+    r = compare_check.check(model, model, params=project / "params.yaml", data=cifar_npz, out=tmp_path / "cmp",
+                            rounds=1, opens=1)
+    assert r["bytes"] == (tmp_path / "cmp" / "index.html").stat().st_size < compare_check.BUDGET["bytes"]
+    assert len(r["open_ms"]) == 1 and 0 < r["open_ms"][0] < compare_check.BUDGET["open_ms"]
+    assert r["report_s"] > r["report_work_s"] > 0 and r["build_s"] > r["build_work_s"] > 0
+    assert set(r["over_budget"]) <= {"build_over_report"}  # tiny models: the imports dominate either way

@@ -2,8 +2,8 @@
 
 A and B are each a model file, an MLflow run (id, runs:/..., models:/...) or a DVC experiment
 name or git revision (vitlens.cli.refs). Both are shown the same seeded, class-balanced test
-images of the dataset (report.* of params.yaml, as the report stage), and must share its
-classes. Writes DIR/index.html (vitlens.report.compare, page.py), atomically, and logs it into
+images of the dataset, chosen as the report stage chooses them (report.* of params.yaml), and
+must share its classes. Writes DIR/index.html (vitlens.report.compare, page.py), atomically, and logs it into
 both models' MLflow runs when tracking is on and they have runs.
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ from vitlens.data.choice import POOL_PER_IMAGE, seeded_sample
 from vitlens.data.imageset import ImageSet, load_arrays
 from vitlens.errors import VitlensError, run_main
 from vitlens.model.trained import Trained, load_trained
-from vitlens.pipeline.report import predictions, selected
+from vitlens.pipeline.report import selected
 from vitlens.report import compare
+from vitlens.report.data import rollouts_and_predictions
 from vitlens.report.page import write_explorer
 
 
@@ -52,16 +53,20 @@ def run_compare(a: str, b: str, out: Path, *, params_path: Path, data_path: Path
         models = (load_trained(refs[0].path), load_trained(refs[1].path))
     check_classes((a, b), models, data)
     n_test, k = len(data.y_test), len(data.classes)
-    pool = seeded_sample(n_test, min(n_test, POOL_PER_IMAGE * cfg.images), cfg.seed)
-    pa, pb = (predictions(t, data.x_test[pool], cfg.batch_size) for t in models)
+    # One pass of each model over one seeded pool gives the predictions that choose the images
+    # and the rollouts of both the chosen ones and the class means: its first
+    # report.class_images are the report stage's class-mean images (the same draw, a prefix).
+    pool = seeded_sample(n_test, min(n_test, max(cfg.class_images, POOL_PER_IMAGE * cfg.images)),
+                         cfg.seed, draw=1)
+    (ra, pa), (rb, pb) = (rollouts_and_predictions(t, data.x_test[pool], cfg.batch_size) for t in models)
     picked = compare.choose(pa, pb, data.y_test[pool], cfg.images, k if 2 * k <= cfg.images else None)
-    chosen = pool[picked]
-    means_idx = seeded_sample(n_test, min(n_test, cfg.class_images), cfg.seed, draw=1)
+    chosen, means_idx, m = pool[picked], pool[:cfg.class_images], cfg.class_images
     sides = [compare.Side(r.name, t, r.reports) for r, t in zip(refs, models)]
     doc = compare.document(
         sides[0], sides[1], data.x_test[chosen], [f"test #{i}" for i in chosen],
-        [int(t) for t in data.y_test[chosen]],
+        [int(t) for t in data.y_test[chosen]], rollouts=(ra[picked], rb[picked]),
         means_images=data.x_test[means_idx], means_labels=[int(t) for t in data.y_test[means_idx]],
+        means_rollouts=(ra[:m], rb[:m]),
         layers=(within(cfg.layers, len(models[0].vit.blocks)), within(cfg.layers, len(models[1].vit.blocks))),
         heads=(within(cfg.heads, models[0].params["model"]["heads"]),
                within(cfg.heads, models[1].params["model"]["heads"])),

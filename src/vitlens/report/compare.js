@@ -5,7 +5,9 @@
 (async function () {
   const D = JSON.parse(document.getElementById("vitlens-data").textContent), M = D.meta;
   D.b.images.src = D.a.images.src;  // one set of thumbnails (vitlens.report.compare)
-  const state = initialState("rollout"), app = document.getElementById("app");
+  // The rollout, the map the agreement scores, on the least alike image.
+  const state = Object.assign(initialState("rollout"), { k: D.summary.lowest_image });
+  const app = document.getElementById("app");
   window.vitlens = { doc: D, state, ready: false };
   const A = await explorerContext(D.a, { state, prefix: "a-", label: "A", app });
   const B = await explorerContext(D.b, { state, prefix: "b-", label: "B", app });

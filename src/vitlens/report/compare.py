@@ -79,15 +79,18 @@ def side_document(s: Side, images: np.ndarray, labels: list[str], truth: list[in
                          distance=r.get("distance"), position_warn=position_warn))
 
 
-def document(a: Side, b: Side, images: np.ndarray, labels: list[str], truth: list[int], *,
-             means_images: np.ndarray, means_labels: list[int], layers: tuple[list[int], list[int]],
-             heads: tuple[list[int], list[int]], batch_size: int, position_warn: float) -> dict[str, Any]:
+Pair = tuple[np.ndarray, np.ndarray]  # one array per model: A's, B's
+
+
+def document(a: Side, b: Side, images: np.ndarray, labels: list[str], truth: list[int], *, rollouts: Pair,
+             means_images: np.ndarray, means_labels: list[int], means_rollouts: Pair,
+             layers: tuple[list[int], list[int]], heads: tuple[list[int], list[int]], batch_size: int,
+             position_warn: float) -> dict[str, Any]:
     """The whole compare document of gallery `images` (uint8 (n, 3, S, S)) and the class means
-    over `means_images`; `layers` and `heads` (0-based) per model."""
-    sides, roll, means = [a, b], [], []
-    for s in sides:
-        roll.append(data.rollouts(s.trained, images, batch_size))
-        means.append(data.rollouts(s.trained, means_images, batch_size))
+    over `means_images`, given both models' rollouts (n, g, g) of each (data.rollouts: the
+    caller has them from the pass that chose the images); `layers` and `heads` (0-based) per
+    model."""
+    sides, roll, means = [a, b], rollouts, means_rollouts
     docs = [side_document(s, images, labels, truth, layers=layers[i], heads=heads[i],
                           means=(means_images, means_labels, means[i]), batch_size=batch_size,
                           position_warn=position_warn) for i, s in enumerate(sides)]

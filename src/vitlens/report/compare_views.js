@@ -130,8 +130,9 @@ function compareFactsView(K, parent) {
       table(["method", "A deletion", "B deletion", "A insertion", "B insertion"],
         ms.map((m) => [m, get(fa, m, "deletion_auc"), get(fb, m, "deletion_auc"), get(fa, m, "insertion_auc"), get(fb, m, "insertion_auc")])));
   }
+  const scale = heat([...(fa.distance || []), ...(fb.distance || [])]);  // one colour scale for both
   const dist = (name, d) => d ? el("div", {}, el("b", { text: name }),
-    table(["layer", ...d[0].map((_, h) => `head ${h + 1}`)], d.map((r, l) => [`layer ${l + 1}`, ...r.map((v) => v.toFixed(1))]), heat(d)))
+    table(["layer", ...d[0].map((_, h) => `head ${h + 1}`)], d.map((r, l) => [`layer ${l + 1}`, ...r.map((v) => v.toFixed(1))]), scale))
     : el("p", { class: "muted", text: `${name}: not measured` });
   sec.append(el("h3", { text: "Mean attention distance (pixels) per layer and head" }),
     el("div", { class: "row" }, dist("A", fa.distance), dist("B", fb.distance)));

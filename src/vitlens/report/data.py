@@ -88,10 +88,19 @@ def gallery(trained: Trained, images: np.ndarray, labels: list[str], truth: list
             "attention": pack_attention(cat["attn"])}
 
 
+def rollouts_and_predictions(trained: Trained, images: np.ndarray, batch_size: int
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """(n, g, g) rollouts and (n,) predicted classes of uint8 images (n, 3, S, S), one pass."""
+    maps, pred = [], []
+    for xb in torch.from_numpy(np.ascontiguousarray(images)).split(batch_size):
+        m = compute_maps(trained.vit, trained.norm(xb.to(trained.device)), grad=False)
+        maps.append(m.rollout.cpu().numpy())
+        pred.append(m.logits.argmax(1).cpu().numpy())
+    return np.concatenate(maps), np.concatenate(pred)
+
+
 def rollouts(trained: Trained, images: np.ndarray, batch_size: int) -> np.ndarray:
-    out = [compute_maps(trained.vit, trained.norm(xb.to(trained.device)), grad=False).rollout.cpu().numpy()
-           for xb in torch.from_numpy(np.ascontiguousarray(images)).split(batch_size)]
-    return np.concatenate(out)
+    return rollouts_and_predictions(trained, images, batch_size)[0]
 
 
 def class_means(trained: Trained, images: np.ndarray, labels: list[int], *,

@@ -14,7 +14,7 @@ function imageView(X, parent) {
   const selInfo = el("div", { class: "probs" });
   const names = Object.fromEntries(mapOpts);
   // Why the page opened on this map, and a warning on each map the run's scores do not back.
-  const opened = el("div", { class: "note", "data-testid": "opened-on", text: trust
+  const opened = el("div", { class: "note", "data-testid": "opened-on", text: trust && state.map === trust.best
     ? `opened on ${names[trust.best]}: this run's best deletion AUC (${trust.best_auc.toFixed(3)})` : "" });
   const warning = el("div", { class: "warn", "data-testid": "map-warning" });
   const warnOf = (kind) => (trust && trust.warnings[kind]) || "";
