@@ -197,6 +197,7 @@ def test_picking_a_layer_head_and_patch_once_shows_it_in_both_models(page, model
     tol = 0.02
     np.testing.assert_allclose(shown(page, "b.head"), mb.attns[1][2, 1, 0, 1:].numpy(), atol=tol)
     # A patch clicked in A's head view (row 2, column 3 of the 4x4 grid): B reads the same one.
+    page.locator("#a-head-canvas").scroll_into_view_if_needed()
     box = page.locator("#a-head-canvas").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 3.5 / 4, box["y"] + box["height"] * 2.5 / 4)
     token = 1 + 2 * 4 + 3
@@ -242,3 +243,35 @@ def test_both_runs_facts_side_by_side(page):
     assert "train.epochs" in table and "model.depth" in table and "model.heads" in table
     assert "50.0%" in table and "—" in table  # A's test accuracy; B has none
     assert page.locator('#compare-facts [data-testid="curve"]').count() == 2
+
+
+def test_models_on_other_patch_grids_compare_on_the_common_grid(browser, models, inputs, tmp_path):
+    """B in 16 px patches (2x2) against A's 8 px (4x4): the difference on A's grid, B's value
+    repeated over the 4 cells each of its patches covers; a patch picked in A is the B patch
+    at the same place."""
+    images, truth = inputs
+    a, b = models[0], tiny(2, depth=2, heads=2, patch=16)
+    ma, mb = maps_of(a, images), maps_of(b, images)
+    ra, rb = ma.rollout.numpy(), mb.rollout.numpy()
+    doc = compare.document(
+        compare.Side("A", a, {}), compare.Side("B", b, {}), images, [f"test #{i}" for i in range(N_IMAGES)],
+        truth, rollouts=(ra, rb), means_images=images, means_labels=truth, means_rollouts=(ra, rb),
+        layers=([0, 1], [0, 1]), heads=([0, 1, 2, 3], [0, 1]), batch_size=5, position_warn=0.5)
+    path = tmp_path / "index.html"
+    write_explorer(path, doc)
+    pg = open_page(browser, path)
+    try:
+        assert pg.errors == []
+        select_image(pg, 1)
+        got = shown(pg, "diff")
+        assert got["grid"] == 4
+        want = (ra[1] - np.kron(rb[1], np.ones((2, 2)))).ravel()
+        np.testing.assert_allclose(got["values"], want, atol=(ra[1].max() + rb[1].max()) / 255)
+        assert shown(pg, "agreement")["spearman"] == pytest.approx(agreement(ra, rb)["spearman"][1], abs=1e-6)
+        pg.locator("#a-head-canvas").scroll_into_view_if_needed()
+        box = pg.locator("#a-head-canvas").bounding_box()
+        pg.mouse.click(box["x"] + box["width"] * 3.5 / 4, box["y"] + box["height"] * 2.5 / 4)
+        assert shown(pg, "a.token") == 1 + 2 * 4 + 3 and shown(pg, "b.token") == 1 + 1 * 2 + 1
+        np.testing.assert_allclose(shown(pg, "b.head"), mb.attns[0][1, 0, 4, 1:].numpy(), atol=0.02)
+    finally:
+        pg.context.close()
