@@ -53,8 +53,8 @@ const initialState = (map = "rollout") => ({ k: 0, map, alpha: 0.6, layer: 0, he
 
 // The shared context of every view: one model's document, decoded, and the page's state.
 // `id` puts `prefix` before an element's id (the compare page holds two of most views), and
-// `label` goes before the title of each section with such an id; `linked` redraws what follows the layer, head and
-// token, `renderAll` everything that follows the selected image.
+// `label` goes before the title of each section with such an id; `linked` redraws what
+// follows the layer, head and token, `renderAll` everything that follows the selected image.
 async function explorerContext(doc, { state = null, prefix = "", label = "", app = null } = {}) {
   const M = doc.meta, G = M.grid, P = G * G, N = P + 1;
   const I = doc.images, H = M.n_heads;
@@ -140,7 +140,7 @@ async function explorerContext(doc, { state = null, prefix = "", label = "", app
     s.value = value; s.onchange = () => onchange(s.value);
     return s;
   };
-  return { doc, M, G, P, I, H, C: M.classes, n: I.labels.length, nh, nl, state, shown, draw, slice, trust,
+  return { doc, M, G, P, I, H, C: M.classes, n: I.labels.length, nh, state, shown, draw, slice, trust,
            mainMap, attnRow, READ, tokenHere, app, id, label, section, select, images: await loadImages(I.src),
            renderAll: () => {}, linked: () => {} };
 }
