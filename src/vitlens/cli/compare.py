@@ -3,8 +3,8 @@
 A and B are each a model file, an MLflow run (id, runs:/..., models:/...) or a DVC experiment
 name or git revision (vitlens.cli.refs). Both are shown the same seeded, class-balanced test
 images of the dataset, chosen as the report stage chooses them (report.* of params.yaml), and
-must share its classes. Writes DIR/index.html (vitlens.report.compare, page.py), atomically, and logs it into
-both models' MLflow runs when tracking is on and they have runs.
+must share its classes. Writes DIR/index.html (vitlens.report.compare, page.py), atomically,
+and logs it into both models' MLflow runs when tracking is on and they have runs.
 """
 from __future__ import annotations
 
