@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup repro repro-cpu test test-fast lint ui predict serve bench gpu-check clean
+.PHONY: setup repro repro-cpu test test-fast lint ui predict serve compare bench gpu-check clean
 
 # The CPU preset (src/vitlens/preset.py): the 0.81M-parameter model for 20 fp32 epochs, or,
 # where the CPU has native bf16, a wider bf16 recipe for the epochs that fit in that time here
@@ -54,6 +54,11 @@ predict: setup
 # make serve EXTRA="--model-uri models:/vitlens-cifar10/1 --port 5001"
 serve: setup
 	vitlens serve $(EXTRA)
+
+# make compare A=models/model.pt B=my-experiment EXTRA="--out reports/compare" (docs/compare.md)
+compare: setup
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<model, run or experiment> B=<...> [EXTRA=...]" >&2; exit 2; }
+	vitlens compare $(A) $(B) $(EXTRA)
 
 # The benches (docs/bench.md) live in benchmarks/, outside the installed package.
 # make bench EXTRA="--quick"

@@ -23,6 +23,7 @@ import gzip  # noqa: E402
 import hashlib  # noqa: E402
 import io  # noqa: E402
 import pickle  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -421,3 +422,39 @@ def project(tmp_path_factory, _params_raw, train_archive, cifar_npz, mlflow_stor
                  root / "reports/train/history.csv", root / "models/checkpoint.pt")
     run_publish(root / "params.yaml", root / "models/model.pt", cifar_npz, root / "reports/published.json")
     return root
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Playwright), one per test module; skipped without either."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def open_page(browser, path: Path):
+    """The written page in a fresh context where every request but file:// is aborted and
+    recorded (pg.blocked); pg.requests is every URL the page asked for."""
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    blocked: list[str] = []
+
+    def block(route):
+        blocked.append(route.request.url)
+        route.abort()
+    ctx.route(re.compile(r"^(?!file:).*"), block)
+    pg = ctx.new_page()
+    errors: list[str] = []
+    requests: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("request", lambda r: requests.append(r.url))
+    pg.goto(path.as_uri())
+    pg.wait_for_function("window.vitlens && (window.vitlens.ready || window.vitlens.error)")
+    pg.blocked, pg.errors, pg.requests = blocked, errors, requests
+    return pg

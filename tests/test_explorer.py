@@ -2,7 +2,6 @@
 real clicks, hovers and key presses must equal what Python computed."""
 import dataclasses
 import re
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import open_page
 from vitlens.data.normalize import Normalizer
 from vitlens.explain.maps import compute_maps
 from vitlens.model.trained import Trained
@@ -17,7 +17,6 @@ from vitlens.model.vit import ViT
 from vitlens.report import data as explorer
 from vitlens.report.page import render, write_explorer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 GRID, HEADS, LAYERS, N_IMAGES = 4, 4, 2, 12
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -62,38 +61,6 @@ def doc(trained, inputs):
         facts=explorer.facts(trained, defaults={"model": {"dim": 384}, "train": {"lr": 0.001}},
                              metrics={"accuracy": 0.5}, faithfulness=None, distance=None,
                              position_warn=0.5))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-def open_page(browser, path: Path):
-    """The written page in a fresh context where every request but file:// is aborted and
-    recorded (pg.blocked); pg.requests is every URL the page asked for."""
-    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
-    blocked: list[str] = []
-
-    def block(route):
-        blocked.append(route.request.url)
-        route.abort()
-    ctx.route(re.compile(r"^(?!file:).*"), block)
-    pg = ctx.new_page()
-    errors: list[str] = []
-    requests: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("request", lambda r: requests.append(r.url))
-    pg.goto(path.as_uri())
-    pg.wait_for_function("window.vitlens && (window.vitlens.ready || window.vitlens.error)")
-    pg.blocked, pg.errors, pg.requests = blocked, errors, requests
-    return pg
 
 
 @pytest.fixture(scope="module")

@@ -379,6 +379,8 @@ def test_publish_logs_the_snapshots_as_a_stepped_image(tiny_params, cifar_npz, t
     params_file.write_text(yaml.safe_dump(p.to_dict()))
     published = run_publish(params_file, tmp_path / "models" / "model.pt", cifar_npz, tmp_path / "published.json")
     assert published == {"run_id": rec["mlflow_run_id"], "model_uri": None}
+    # the model file too, without the served model: what `vitlens compare RUN_ID` reads
+    assert [a.path for a in MlflowClient().list_artifacts(rec["mlflow_run_id"], "models")] == ["models/model.pt"]
     paths = [a.path for a in MlflowClient().list_artifacts(rec["mlflow_run_id"], "images")]
     # MLflow names them images/<key, / as ~>+step+<step>+timestamp+...png (plus a thumbnail)
     steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in paths

@@ -6,6 +6,7 @@
     vitlens serve [--model-uri models:/vitlens-cifar10/1]  serve the model over HTTP, batched
     vitlens cpu-preset                                     make repro-cpu's flags for this CPU
     vitlens loadtest --model-uri ...                       a served model's speed beside in-process
+    vitlens compare A B [--out reports/compare]            where two models look, in one page
 
 `python -m vitlens COMMAND ...` is the same; each command's module also runs on its own
 (`python -m vitlens.cli.predict ...`). The benches and the GPU check are not installed: they
@@ -20,7 +21,8 @@ from vitlens.errors import run_main
 
 COMMANDS = {"predict": "vitlens.cli.predict", "reproduce": "vitlens.cli.reproduce",
             "ui": "vitlens.cli.ui", "serve": "vitlens.cli.serve",
-            "cpu-preset": "vitlens.cli.cpu_preset", "loadtest": "vitlens.cli.loadtest"}
+            "cpu-preset": "vitlens.cli.cpu_preset", "loadtest": "vitlens.cli.loadtest",
+            "compare": "vitlens.cli.compare"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,6 +51,13 @@ class Trained:
         return runs.open_run(self.run_id) if enabled and self.run_id else None
 
 
+def with_model_defaults(params: dict[str, dict[str, Any]], old: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The record's params with the model keys it predates at the values it was built with: an
+    older run then compares equal to a newer one on those keys (`vitlens compare`, the
+    explorer's params diff), not as a change from nothing."""
+    return {**params, "model": {**old, **params.get("model", {})}}
+
+
 def load_trained(path: str | Path, device: torch.device | str = "auto") -> Trained:
     """Load a model file of the train stage onto `device` ("auto": cuda, then mps, then cpu);
     a missing or foreign file is a one-line VitlensError."""
@@ -71,5 +78,6 @@ def load_trained(path: str | Path, device: torch.device | str = "auto") -> Train
     vit.load_state_dict(rec["state_dict"])
     vit = vit.to(dev).eval()
     return Trained(vit=vit, norm=Normalizer(rec["mean"], rec["std"]), classes=list(rec["classes"]),
-                   run_id=rec["mlflow_run_id"], params=rec["params"], record=rec, device=dev,
+                   run_id=rec["mlflow_run_id"], params=with_model_defaults(rec["params"], old),
+                   record=rec, device=dev,
                    bf16=use_bf16(rec["params"]["train"].get("precision", "fp32"), dev))

@@ -1,6 +1,7 @@
 """The publish stage's work: what the training run shows beyond its numbers, logged after
 train so that drawing, serving or registry edits never re-run a training: the per-epoch
-attention strips (the MLflow UI's image slider) and the served pixel model, registered."""
+attention strips (the MLflow UI's image slider), the model file, and the served pixel model,
+registered."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -44,6 +45,9 @@ def run_publish(params_path: str | Path, model_path: Path, data_path: Path, out:
     run = trained.run(params.tracking.enabled)
     published: dict[str, Any] = {"run_id": trained.run_id or None, "model_uri": None}
     if run is not None:
+        # The model file itself, for what reads the train stage's record (`vitlens compare
+        # RUN_ID`): the served model below lacks the attention path and the history.
+        run.log_artifact(model_path, "models")
         for epoch, strip in snapshot_strips(trained.record.get("snapshots")):
             run.log_image(strip, key=IMAGE_KEY, step=epoch)
         if params.tracking.log_model:

@@ -2,9 +2,9 @@
 // (so classes compare), and beside it that mean minus the mean over all images (what is
 // specific to the class: red more, blue less). Drawn once; it does not follow the selected image. The classes wrap in a box that scrolls past a few rows; with many, a box
 // narrows them by name. A click on a class shows its images in the gallery.
-function classMeansView(X) {
+function classMeansView(X, parent = X.app) {
   const { C, state, shown } = X;
-  const cm = X.section("class-section", "Where it looks per class: mean rollout (one scale for all classes) and, beside it, minus the mean over all classes");
+  const cm = X.section(X.id("class-section"), "Where it looks per class: mean rollout (one scale for all classes) and, beside it, minus the mean over all classes", parent);
   const means = X.doc.class_means, maps = unpack(means.maps), P = X.P;
   const total = means.counts.reduce((a, b) => a + b, 0) || 1;
   const all = Array.from({ length: P }, (_, p) => C.reduce((s, _c, i) => s + means.counts[i] * X.slice(maps, i)[p], 0) / total);
@@ -14,7 +14,7 @@ function classMeansView(X) {
   const diffs = C.map((_c, i) => Array.from(X.slice(maps, i), (v, p) => v - all[p]));
   const reach = Math.max(1e-12, ...kept.flatMap((i) => diffs[i].map(Math.abs)));
   shown.classScale = range; shown.classMeanAll = all;
-  const grid = el("div", { class: "class-grid", id: "class-means" });
+  const grid = el("div", { class: "class-grid", id: X.id("class-means") });
   const cells = C.map((c, i) => {
     const cv = el("canvas"), dv = el("canvas"), v = X.slice(maps, i), count = means.counts[i];
     if (count) {
@@ -32,8 +32,8 @@ function classMeansView(X) {
     return [c.toLowerCase(), cell];
   });
   if (C.length > 12) {
-    const count = el("span", { class: "muted", id: "class-mean-count" });
-    const find = el("input", { type: "search", id: "class-mean-find", "data-testid": "class-mean-find", size: 14,
+    const count = el("span", { class: "muted", id: X.id("class-mean-count") });
+    const find = el("input", { type: "search", id: X.id("class-mean-find"), "data-testid": X.id("class-mean-find"), size: 14,
                                placeholder: `find a class (${C.length})`, "aria-label": "find a class mean by name" });
     find.oninput = () => {
       const q = find.value.trim().toLowerCase();

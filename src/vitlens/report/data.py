@@ -88,16 +88,27 @@ def gallery(trained: Trained, images: np.ndarray, labels: list[str], truth: list
             "attention": pack_attention(cat["attn"])}
 
 
+def rollouts_and_predictions(trained: Trained, images: np.ndarray, batch_size: int
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """(n, g, g) rollouts and (n,) predicted classes of uint8 images (n, 3, S, S), one pass."""
+    maps, pred = [], []
+    for xb in torch.from_numpy(np.ascontiguousarray(images)).split(batch_size):
+        m = compute_maps(trained.vit, trained.norm(xb.to(trained.device)), grad=False)
+        maps.append(m.rollout.cpu().numpy())
+        pred.append(m.logits.argmax(1).cpu().numpy())
+    return np.concatenate(maps), np.concatenate(pred)
+
+
 def rollouts(trained: Trained, images: np.ndarray, batch_size: int) -> np.ndarray:
-    out = [compute_maps(trained.vit, trained.norm(xb.to(trained.device)), grad=False).rollout.cpu().numpy()
-           for xb in torch.from_numpy(np.ascontiguousarray(images)).split(batch_size)]
-    return np.concatenate(out)
+    return rollouts_and_predictions(trained, images, batch_size)[0]
 
 
 def class_means(trained: Trained, images: np.ndarray, labels: list[int], *,
-                batch_size: int) -> dict[str, Any]:
-    """Per class, the mean rollout over its images among `images`, and how many there were."""
-    maps, y = rollouts(trained, images, batch_size), np.asarray(labels)
+                batch_size: int, maps: np.ndarray | None = None) -> dict[str, Any]:
+    """Per class, the mean rollout over its images among `images`, and how many there were;
+    `maps`: their rollouts (n, g, g) when the caller has them already."""
+    maps = rollouts(trained, images, batch_size) if maps is None else maps
+    y = np.asarray(labels)
     k = len(trained.classes)
     counts = [int((y == c).sum()) for c in range(k)]
     means = np.stack([maps[y == c].mean(axis=0) if counts[c] else np.zeros(maps.shape[1:])
@@ -139,6 +150,7 @@ def facts(trained: Trained, *, defaults: dict[str, dict[str, Any]] | None, metri
     keep = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")
     return {"params_diff": params_diff(trained.params, defaults),
             "test_accuracy": metrics.get("accuracy") if metrics else None,
+            "per_class_accuracy": metrics.get("per_class_accuracy") if metrics else None,
             "history": [{k: r[k] for k in keep} for r in trained.history],
             "faithfulness": summary, "maps": map_verdicts(faithfulness, position_warn),
             "distance": dist}

@@ -3,6 +3,7 @@
 (async function () {
   const doc = JSON.parse(document.getElementById("vitlens-data").textContent);
   const X = await explorerContext(doc), { M, G, n } = X;
+  window.vitlens = { doc, state: X.state, shown: X.shown, ready: false };
   X.app.textContent = "";
   X.app.append(el("header", {}, el("h1", { text: M.title }),
     el("small", { text: `${n} images of ${M.image_size}px · ${X.C.length} classes · ${M.n_layers} layers × ${M.n_heads} heads · ${G}×${G} patches of ${M.patch_size}px` })));
@@ -14,7 +15,8 @@
   if (doc.class_means) classMeansView(X);
   if (doc.training) await trainingView(X);
   if (doc.facts) factsView(X);
-  X.renderAll = () => { renderGallery(); renderImage(); head.render(); renderModel(); };
+  X.linked = () => { head.render(); renderModel(); };
+  X.renderAll = () => { renderGallery(); renderImage(); X.linked(); };
   X.renderAll();
   window.vitlens.loadMs = performance.now();  // since navigation: the time to open
   window.vitlens.ready = true;

@@ -5,12 +5,14 @@ function table(header, rows, cellStyle = () => "") {
   return el("table", {}, el("tr", {}, ...header.map((h) => el("th", { text: h }))),
     ...rows.map((r) => el("tr", {}, ...r.map((c, j) => el("td", { text: fmt(c), style: cellStyle(c, j) })))));
 }
-// Two per-epoch series on inline SVG, with the axes' ranges as tick labels.
-function curves(hist, keys, title) {
+// Per-epoch series on inline SVG, with the axes' ranges as tick labels: `series` is
+// [{ name, rows, key }], the `key` column of history `rows` (at most two: blue, then orange).
+function plot(series, title) {
   const W = 320, Hh = 170, L = 44, R = 10, T = 26, B = 28, ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("width", W); svg.setAttribute("height", Hh); svg.setAttribute("data-testid", "curve");
-  const xs = hist.map((r) => r.epoch), ys = hist.flatMap((r) => keys.map((k) => r[k])).filter(Number.isFinite);
+  const xs = series.flatMap((s) => s.rows.map((r) => r.epoch));
+  const ys = series.flatMap((s) => s.rows.map((r) => r[s.key])).filter(Number.isFinite);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   const sx = (x) => L + (x - x0) / Math.max(1, x1 - x0) * (W - L - R);
   const sy = (y) => Hh - B - (y - y0) / Math.max(1e-9, y1 - y0) * (Hh - T - B);
@@ -26,13 +28,15 @@ function curves(hist, keys, title) {
   [y0, y1].forEach((y) => add("text", { x: L - 4, y: sy(y) + 4, "font-size": 10, "text-anchor": "end" }, y.toFixed(2)));
   [x0, x1].forEach((x) => add("text", { x: sx(x), y: Hh - B + 14, "font-size": 10, "text-anchor": "middle" }, String(x)));
   add("text", { x: (L + W - R) / 2, y: Hh - 4, "font-size": 10, "text-anchor": "middle", fill: "#666" }, "epoch");
-  ["#2a6fdb", "#e07b00"].forEach((col, i) => {
-    const pts = hist.filter((r) => Number.isFinite(r[keys[i]])).map((r) => `${sx(r.epoch)},${sy(r[keys[i]])}`);
+  series.forEach(({ name, rows, key }, i) => {
+    const col = ["#2a6fdb", "#e07b00"][i];
+    const pts = rows.filter((r) => Number.isFinite(r[key])).map((r) => `${sx(r.epoch)},${sy(r[key])}`);
     add("polyline", { fill: "none", stroke: col, "stroke-width": 2, points: pts.join(" ") });
-    add("text", { x: W - R - 120 + 62 * i, y: 14, "font-size": 11, fill: col }, keys[i]);
+    add("text", { x: W - R - 120 + 62 * i, y: 14, "font-size": 11, fill: col }, name);
   });
   return svg;
 }
+const curves = (hist, keys, title) => plot(keys.map((key) => ({ name: key, rows: hist, key })), title);
 function heat(rows) {  // a table whose cells are coloured by value, min to max
   const vals = rows.flat(), lo = Math.min(...vals), span = Math.max(1e-9, Math.max(...vals) - lo);
   return (c, j) => {

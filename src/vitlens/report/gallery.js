@@ -2,7 +2,10 @@
 // The class filter is a select of every class (with how many gallery images it has) and, past
 // a dozen classes, a box that narrows it by name, so a hundred classes stay one control:
 // typing keeps the classes whose name holds the text, Enter shows the first of them.
-function galleryView(X) {
+// The compare page passes `order` (the images least alike first), its own `outcomes` filter
+// (value, label) with `outcome(k)` the value of image k, `wrong(k)` to mark it, and a
+// `caption` and `detail` per image.
+function galleryView(X, opts = {}) {
   const { I, C, n, state, shown, select } = X;
   const gal = X.section("gallery-section", "Images");
   const labelled = I.truth.some((t) => t !== null);
@@ -28,28 +31,32 @@ function galleryView(X) {
     const first = matching()[0];
     if (first !== undefined) { state.cls = String(first); render(); }
   };
+  const wrong = (k) => I.truth[k] !== null && I.truth[k] !== I.pred[k];
+  const order = opts.order || Array.from({ length: n }, (_, k) => k);
+  const outcomes = opts.outcomes || (labelled ? [["all", "right and wrong"], ["right", "right only"], ["wrong", "mistakes only"]] : null);
+  const outcome = opts.outcome || ((k) => wrong(k) ? "wrong" : "right");
+  const caption = opts.caption || ((k) => I.truth[k] !== null ? `${C[I.truth[k]]} → ${C[I.pred[k]]}` : C[I.pred[k]]);
+  const detail = opts.detail || ((k) => pct(I.conf[k]));
+  const isWrong = opts.wrong || wrong;  // marked red
   gal.append(el("div", { class: "controls" }, classSel, ...(C.length > 12 ? [find] : []),
-    ...(labelled ? [select("filter-correct", [["all", "right and wrong"], ["right", "right only"], ["wrong", "mistakes only"]],
-      "all", (v) => { state.correct = v; render(); })] : []),
+    ...(outcomes ? [select("filter-correct", outcomes, "all", (v) => { state.correct = v; render(); })] : []),
     el("span", { class: "muted", id: "gallery-count" })));
   const grid = el("div", { id: "gallery" });
   gal.append(grid);
-  const wrong = (k) => I.truth[k] !== null && I.truth[k] !== I.pred[k];
   function render() {
     classSel.value = state.cls;
     grid.textContent = "";
     const vis = [];
-    for (let k = 0; k < n; k++) {
+    for (const k of order) {
       if (state.cls !== "all" && classOf(k) !== Number(state.cls)) continue;
-      if (state.correct === "right" && wrong(k)) continue;
-      if (state.correct === "wrong" && !wrong(k)) continue;
+      if (state.correct !== "all" && outcome(k) !== state.correct) continue;
       vis.push(k);
-      const cap = I.truth[k] !== null ? `${C[I.truth[k]]} → ${C[I.pred[k]]}` : C[I.pred[k]];
-      const t = el("div", { class: "thumb" + (wrong(k) ? " wrong" : "") + (k === state.k ? " selected" : ""),
+      const cap = caption(k), bad = isWrong(k);
+      const t = el("div", { class: "thumb" + (bad ? " wrong" : "") + (k === state.k ? " selected" : ""),
                             "data-testid": "thumb", "data-index": k, title: `${I.labels[k]}: ${cap}` },
         el("img", { src: I.src[k], alt: I.labels[k] }),
-        el("div", { class: wrong(k) ? "bad" : "", text: (wrong(k) ? "✗ " : "") + cap }),
-        el("div", { class: "muted", text: pct(I.conf[k]) }));
+        el("div", { class: bad ? "bad" : "", text: (bad ? "✗ " : "") + cap }),
+        el("div", { class: "muted", text: detail(k) }));
       t.onclick = () => { state.k = k; X.renderAll(); };
       grid.append(t);
     }

@@ -1,10 +1,10 @@
 // The model view: what the head reads (the CLS token's row, or the patch tokens' mean row)
 // in every layer and head at once; a click opens that layer and head in the head view.
-function modelView(X, head) {
+function modelView(X, head, parent = X.app) {
   const { I, nh, state, shown, images, attnRow, READ } = X;
-  const mv = X.section("model-section", READ < 0 ? "Model view: the patch tokens' mean attention (what the head reads), every layer and head"
-                                                 : "Model view: the CLS token's attention, every layer and head");
-  const mgrid = el("div", { class: "grid", id: "model-grid", style: `grid-template-columns: 60px repeat(${nh}, 70px)` });
+  const mv = X.section(X.id("model-section"), READ < 0 ? "Model view: the patch tokens' mean attention (what the head reads), every layer and head"
+                                                 : "Model view: the CLS token's attention, every layer and head", parent);
+  const mgrid = el("div", { class: "grid", id: X.id("model-grid"), style: `grid-template-columns: 60px repeat(${nh}, 70px)` });
   mv.append(mgrid);
   function render() {
     mgrid.textContent = "";
@@ -17,11 +17,12 @@ function modelView(X, head) {
         const cv = el("canvas"), row = attnRow(state.k, li, hi, READ);
         X.draw(cv, images[state.k], row, { px: 64, alpha: 0.75 });
         shown.model[li].push(row);
-        const cell = el("div", { class: "cell" + (li === state.layer && hi === state.head ? " active" : ""),
+        const active = li === Math.min(state.layer, I.layers.length - 1) && hi === Math.min(state.head, nh - 1);
+        const cell = el("div", { class: "cell" + (active ? " active" : ""),
                                  "data-testid": "model-cell", "data-layer": li, "data-head": hi }, cv);
         cell.onclick = () => {
           Object.assign(state, { layer: li, head: hi, token: READ, pinned: false });
-          head.render(); render(); head.section.scrollIntoView();
+          X.linked(); head.section.scrollIntoView();
         };
         mgrid.append(cell);
       });

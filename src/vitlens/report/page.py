@@ -1,5 +1,6 @@
-"""One self-contained HTML file: explorer.css and the explorer's scripts inlined, the document
-as JSON in a script tag. No network: nothing is loaded from anywhere, so it opens from disk."""
+"""One self-contained HTML file: explorer.css and a page's scripts inlined, the document as JSON
+in a script tag. No network: nothing is loaded from anywhere, so it opens from disk. Two pages
+share the views: the explorer of one model, and the comparison of two (`vitlens compare`)."""
 from __future__ import annotations
 
 import html
@@ -11,10 +12,11 @@ from typing import Any
 from vitlens.io import atomic_path
 
 HERE = Path(__file__).parent
-# The explorer's scripts, concatenated in this order into one: the shared context, one file
-# per view, then explorer.js, which builds the views and draws them.
-SCRIPTS = ("core.js", "gallery.js", "image.js", "head.js", "model.js", "class_means.js",
-           "training.js", "facts.js", "explorer.js")
+# Each page's scripts, concatenated in this order into one: the shared context, one file per
+# view, then the page's entry (explorer.js, compare.js), which builds the views and draws them.
+VIEWS = ("core.js", "gallery.js", "image.js", "head.js", "model.js", "class_means.js")
+SCRIPTS = {"explorer": (*VIEWS, "training.js", "facts.js", "explorer.js"),
+           "compare": (*VIEWS, "facts.js", "compare_views.js", "compare.js")}
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -40,12 +42,14 @@ def finite(x: Any) -> Any:
 
 
 def render(doc: dict[str, Any]) -> str:
-    """The page of an explorer document (vitlens.report.data.document)."""
+    """The page of an explorer document (vitlens.report.data.document) or of a compare one
+    (vitlens.report.compare.document, meta.kind "compare")."""
     # "</" would end the script element early; "<\\/" is the same JSON string.
     data = json.dumps(finite(doc), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    page = "compare" if doc["meta"]["kind"] == "compare" else "explorer"
     return TEMPLATE.format(title=html.escape(doc["meta"]["title"]), data=data,
                            css=(HERE / "explorer.css").read_text(),
-                           js="\n".join((HERE / name).read_text() for name in SCRIPTS))
+                           js="\n".join((HERE / name).read_text() for name in SCRIPTS[page]))
 
 
 def write_explorer(path: str | Path, doc: dict[str, Any]) -> None:
