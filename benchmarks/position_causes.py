@@ -7,7 +7,8 @@ and the deletion AUCs at the end, all on the same validation images.
 
 Candidates (`CANDIDATES`): the recipe as `vitlens cpu-preset` runs it (bf16), and the recipe
 without the random crop's zero padding, with fixed sin-cos positions, without token drop,
-without the weights' moving average, with 4 heads instead of 2, and with 4 registers. One JSON
+without the weights' moving average, with 4 heads instead of 2, with 4 registers, and with
+the crop's padding mirrored instead of black. One JSON
 line per candidate is appended to --out as it finishes, so a stopped run keeps what it has.
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "no_ema": {"train.ema": 0.0},
     "heads4": {"model.heads": 4},
     "registers4": {"model.registers": 4},
+    "reflect_crop": {"train.crop_fill": "reflect"},
 }
 METHODS = ["rollout", "grad_rollout", "last_layer", "random"]
 

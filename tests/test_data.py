@@ -94,6 +94,22 @@ def test_crop_is_a_shift_of_the_padded_image():
     assert len(shifts) > 20  # the shifts vary: 81 are possible
 
 
+def test_a_reflect_fill_crops_the_mirrored_border_and_never_shows_black():
+    x = torch.randint(1, 255, (64, 3, 32, 32), dtype=torch.uint8)
+    out = CropFlip(x, padding=4, flip=True, fill="reflect")(torch.arange(64), torch.Generator().manual_seed(1))
+    assert (out != 0).all(), "no black border"
+    shifted = 0
+    for i in range(64):
+        padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4), mode="reflect")
+        crops = [padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        hits = [k for k, c in enumerate(crops) if torch.equal(c, out[i]) or torch.equal(c.flip(-1), out[i])]
+        assert hits, f"image {i} is not a crop of its reflect-padded self"
+        shifted += 40 not in hits  # 40: the centre crop, no shift
+    assert shifted > 48
+    zero = CropFlip(x, padding=4, flip=False)(torch.arange(64), torch.Generator().manual_seed(1))
+    assert (zero == 0).any(), "the default still pads black"
+
+
 def test_flip_mirrors_a_crop():
     x = torch.randint(1, 255, (32, 3, 32, 32), dtype=torch.uint8)
     out = crop_flip(x, padding=4, flip=True, seed=2)

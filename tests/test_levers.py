@@ -175,3 +175,14 @@ def test_the_training_batch_is_trivially_augmented_when_asked(tiny_params):
         out, _ = step.batch_maker(split, norm, t, torch.Generator().manual_seed(0), classes=10)(torch.arange(64))
         same = (out == norm(x)).flatten(1).all(1)
         assert (same.all() if not on else same.float().mean() < 0.25), on
+
+
+def test_the_training_crop_pads_as_train_crop_fill_says(tiny_params):
+    x = torch.randint(1, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm, split = Normalizer([0.0] * 3, [1.0] * 3), Split(x, torch.zeros(32, dtype=torch.long))
+    black = {}
+    for fill in ("zero", "reflect"):
+        t = tiny_params(**{"train.crop_fill": fill}).train
+        out, _ = step.batch_maker(split, norm, t, torch.Generator().manual_seed(0), classes=10)(torch.arange(32))
+        black[fill] = bool((out == 0).any())
+    assert black == {"zero": True, "reflect": False}

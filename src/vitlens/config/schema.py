@@ -87,6 +87,7 @@ class TrainConfig:
     grad_clip: float = spec(ge=0)
     optimizer: str = spec(choices=OPTIMIZERS)
     crop_padding: int = spec(ge=0)
+    crop_fill: str = spec(choices=("zero", "reflect"))  # what the crop's padding shows
     flip: bool = spec()
     cutout: int = spec(ge=0)  # side of a square blanked in each training image; 0 = off
     trivial_augment: bool = spec()  # one random op per image, on the device (data/trivial.py)

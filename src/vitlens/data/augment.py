@@ -11,19 +11,23 @@ from torch import Tensor
 
 
 class CropFlip:
-    """Random crops of the zero-padded images (shifts of up to `padding` pixels) and random
-    horizontal flips, for a whole batch in one strided gather.
+    """Random crops of the padded images (shifts of up to `padding` pixels) and random
+    horizontal flips, for a whole batch in one strided gather. The padding is black
+    (`fill` "zero") or the image mirrored at its edge ("reflect", airbench's): black borders
+    are a cue a ViT learns to look for (docs/faithfulness.md), a mirror has no edge to find.
 
     The images are stored once zero padded and, when flipping, once more mirrored (2x the
     memory; 0.4 GB for CIFAR-10's training set). A crop is then a window of a flattened
     padded image that starts at `dy * row + dx`, and a flip is the choice of copy: no
     per-pixel index maps, no second pass."""
 
-    def __init__(self, x: Tensor, *, padding: int, flip: bool):
+    def __init__(self, x: Tensor, *, padding: int, flip: bool, fill: str = "zero"):
         n, c, h, w = x.shape
         self.n, self.shape, self.padding, self.flip = n, (c, h, w), padding, flip
         images = torch.cat([x, x.flip(-1)]) if flip else x
-        padded = F.pad(images, (padding,) * 4).flatten(2)  # (copies * n, C, row * (H + 2p))
+        assert fill in ("zero", "reflect"), f"unknown fill {fill!r}"
+        mode = "reflect" if fill == "reflect" and padding else "constant"
+        padded = F.pad(images, (padding,) * 4, mode=mode).flatten(2)  # (copies * n, C, row * (H + 2p))
         self.row = w + 2 * padding
         self.span = (h - 1) * self.row + w  # a crop, from its first pixel to its last
         self.windows = padded.unfold(2, self.span, 1)  # (copies * n, C, offsets, span), a view

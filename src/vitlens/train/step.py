@@ -98,7 +98,7 @@ def batch_maker(split: Split, norm: Normalizer, t: TrainConfig, augment: torch.G
     """Indices -> the training input of `split`: images cropped, flipped, maybe trivially
     augmented (uint8), normalised, maybe cut out, maybe MixUp'd or CutMix'd; labels (B,), or
     soft targets (B, classes) when mixed."""
-    crop_flip = CropFlip(split.x, padding=t.crop_padding, flip=t.flip)
+    crop_flip = CropFlip(split.x, padding=t.crop_padding, flip=t.flip, fill=t.crop_fill)
 
     def batch(idx: Tensor) -> tuple[Tensor, Tensor]:
         x = crop_flip(idx, augment)
