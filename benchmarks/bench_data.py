@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -124,8 +125,8 @@ def bench_pipelines(params: Params, *, images: int, batch_size: int, epochs: int
     return out
 
 
-LEVERS = {"trivial_augment": {"trivial_augment": True}, "mixup": {"mixup": 0.8},
-          "cutmix": {"cutmix": 1.0}}
+LEVERS: dict[str, dict[str, Any]] = {"trivial_augment": {"trivial_augment": True},
+                                     "mixup": {"mixup": 0.8}, "cutmix": {"cutmix": 1.0}}
 
 
 def bench_levers(params: Params, *, images: int, batch_size: int, rounds: int, step_s: float,
@@ -138,11 +139,12 @@ def bench_levers(params: Params, *, images: int, batch_size: int, rounds: int, s
     split = Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
     idx = torch.arange(batch_size, device=device)
     base = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in ("mixup", "cutmix")}
-    configs = {"plain": {**base, "trivial_augment": False, "mixup": 0.0, "cutmix": 0.0}}
+    configs: dict[str, dict[str, Any]] = {"plain": {**base, "trivial_augment": False, "mixup": 0.0,
+                                                    "cutmix": 0.0}}
     configs |= {name: {**configs["plain"], **keys} for name, keys in LEVERS.items()}
     makers = {name: batch_maker(split, norm, TrainConfig(**cfg), torch.Generator(device).manual_seed(0),
                                 classes=NUM_CLASSES) for name, cfg in configs.items()}
-    fns = {name: (lambda make=make: make(idx)) for name, make in makers.items()}
+    fns: dict[str, Callable[[], Any]] = {name: partial(make, idx) for name, make in makers.items()}
     for fn in fns.values():
         fn()
     times = alternate(fns, n=4 * rounds, rounds=rounds, device=device)

@@ -52,7 +52,8 @@ class BiasEachEpoch:
     """The epoch hook: every map's position bias on fixed validation images x (uint8)."""
 
     def __init__(self, x: torch.Tensor, batch_size: int):
-        self.x, self.batch_size, self.rows = x, batch_size, []
+        self.x, self.batch_size = x, batch_size
+        self.rows: list[dict[str, Any]] = []
 
     def scores(self, model: ViT, norm: Normalizer) -> dict[str, dict[str, float]]:
         x = norm(self.x)
