@@ -59,7 +59,7 @@ WRITERS = {
     "model.pt": lambda p: vio.save_torch({"w": torch.zeros(5000)}, p),
     "metrics.json": lambda p: vio.write_json(p, {"accuracy": 0.5, "pad": "x" * 100_000}),
     "history.csv": lambda p: vio.write_csv(p, [{"epoch": i, "loss": 0.1} for i in range(9999)]),
-    "index.html": lambda p: write_explorer(p, {"meta": {"title": "t"}, "pad": "x" * 100_000}),
+    "index.html": lambda p: write_explorer(p, {"meta": {"title": "t", "kind": "run"}, "pad": "x" * 100_000}),
     "confusion.png": lambda p: save_figure(a_figure(), p),
 }
 
