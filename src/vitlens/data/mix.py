@@ -20,7 +20,8 @@ def beta(alpha: float, generator: torch.Generator) -> float:
 
 
 def mixup(x: Tensor, lam: float) -> Tensor:
-    """x (B, C, H, W) float: lam of each image plus 1 - lam of its partner, x.flip(0)."""
+    """x (B, ...) float: lam of each row plus 1 - lam of its partner, x.flip(0) (images, or
+    the one-hot labels that go with them)."""
     return x.mul(lam).add_(x.flip(0), alpha=1 - lam)
 
 
@@ -49,5 +50,4 @@ def mix_batch(x: Tensor, y: Tensor, classes: int, *, mixup_alpha: float, cutmix_
         mixup_alpha == 0 or bool(torch.rand(1, generator=generator, device=generator.device) < 0.5))
     lam = beta(cutmix_alpha if use_cutmix else mixup_alpha, generator)
     x, lam = cutmix(x, lam, generator) if use_cutmix else (mixup(x, lam), lam)
-    onehot = F.one_hot(y, classes).float()
-    return x, onehot.mul(lam).add_(onehot.flip(0), alpha=1 - lam)
+    return x, mixup(F.one_hot(y, classes).float(), lam)
