@@ -209,6 +209,16 @@ def loop_subject(params: Params, s: Settings, quick: bool) -> tuple[Params, int]
     return cpu, cpu.train.batch_size
 
 
+def lever_subject(result: dict[str, Any], s: Settings, device: torch.device) -> tuple[int, float]:
+    """The batch size and step seconds the augmentation levers are weighed against: the step
+    this device trains, the CPU preset's in its faster precision on a CPU (the default
+    model's step is ~10x longer there and would hide their cost), the default's elsewhere."""
+    if device.type != "cpu":
+        return s.batch_size, result["models"]["ours"]["median_s"]
+    pr = result["precision"]
+    return pr["batch_size"], pr["bf16" if pr["native_bf16_flags"] else "fp32"]["median_s"]
+
+
 def run_bench(params: Params, s: Settings, device: torch.device,
               quick: bool = False) -> dict[str, Any]:
     if params.train.threads:
@@ -230,9 +240,10 @@ def run_bench(params: Params, s: Settings, device: torch.device,
                                      rounds=s.rounds, device=device),
         "pipeline": bench_pipelines(params, images=s.images, batch_size=s.batch_size,
                                      epochs=s.pipeline_epochs, device=device),
-        "levers": bench_levers(params, images=s.images, batch_size=s.batch_size, rounds=s.rounds,
-                               step_s=models["ours"]["median_s"], device=device),
         "epochs": bench_epochs(params, s, device)}
+    batch, step_s = lever_subject(result, s, device)
+    result["levers"] = bench_levers(params, images=max(s.images, batch), batch_size=batch,
+                                    rounds=s.rounds, step_s=step_s, device=device)
     # Other processes' CPU load skews CPU timings: record it to judge the numbers by.
     result["environment"]["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
     return result
