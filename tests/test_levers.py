@@ -1,6 +1,7 @@
 """The CPU recipe's new levers, each a param that is off by default: Muon for the blocks'
-matrices (train.optimizer), MixUp and CutMix (train.mixup, train.cutmix) and TrivialAugment
-on whole uint8 batches (train.trivial_augment). Each test fails when its lever is skipped."""
+matrices (train.optimizer), MixUp and CutMix (train.mixup, train.cutmix), TrivialAugment
+on whole uint8 batches (train.trivial_augment) and repeated augmentation (train.repeat_aug).
+Each test fails when its lever is skipped."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,7 @@ import torchvision.transforms.v2.functional as TF
 
 from vitlens.data.mix import cutmix, mix_batch, mixup
 from vitlens.data.normalize import Normalizer
-from vitlens.data.split import Split
+from vitlens.data.split import Split, batch_indices
 from vitlens.data.trivial import OPS, affine_matrix, colour_op, trivial_augment
 from vitlens.model.vit import ViT, param_groups
 from vitlens.train import step
@@ -186,3 +187,41 @@ def test_the_training_crop_pads_as_train_crop_fill_says(tiny_params):
         out, _ = step.batch_maker(split, norm, t, torch.Generator().manual_seed(0), classes=10)(torch.arange(32))
         black[fill] = bool((out == 0).any())
     assert black == {"zero": True, "reflect": False}
+
+
+def test_repeated_augmentation_puts_each_images_copies_in_one_batch():
+    batches = list(batch_indices(30, 6, torch.Generator().manual_seed(0), repeats=3))
+    epoch = torch.cat(batches)
+    assert len(batches) == 5 and len(epoch) == 30  # an epoch keeps its samples
+    assert len(epoch.unique()) == 10  # a third of the images, three times each
+    for b in batches:
+        ids, counts = b.unique(return_counts=True)
+        assert len(ids) == 2 and counts.tolist() == [3, 3], b
+    plain = torch.cat(list(batch_indices(30, 6, torch.Generator().manual_seed(0))))
+    assert sorted(plain.tolist()) == list(range(30))
+
+
+def test_repeated_copies_are_augmented_apart(tiny_params):
+    t = tiny_params(**{"train.repeat_aug": 3, "train.crop_padding": 4}).train
+    split = Split(torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8), torch.arange(6))
+    make = step.batch_maker(split, Normalizer((0.5,) * 3, (0.25,) * 3), t,
+                            torch.Generator().manual_seed(0), classes=6)
+    x, y = make(next(batch_indices(6, 6, torch.Generator().manual_seed(1), repeats=3)))
+    assert y.tolist()[0:3] == [y[0].item()] * 3
+    assert not torch.equal(x[0], x[1]) or not torch.equal(x[1], x[2])
+
+
+def test_the_loop_draws_its_batches_with_train_repeat_aug(tiny_params, cifar_npz, tmp_path,
+                                                          monkeypatch):
+    from vitlens.data.imageset import load_arrays
+    from vitlens.train import loop
+    seen = []
+    real = loop.batch_indices
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("repeats", 1))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(loop, "batch_indices", spy)
+    params = tiny_params(**{"train.repeat_aug": 2, "train.epochs": 1})
+    loop.train(params, load_arrays(cifar_npz), checkpoint=tmp_path / "ckpt.pt")
+    assert seen == [2]

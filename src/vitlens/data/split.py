@@ -42,12 +42,17 @@ def to_device(x: np.ndarray, y: np.ndarray, device: torch.device) -> Split:
                  torch.from_numpy(np.ascontiguousarray(y)).to(device))
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator, *, rank: int = 0,
-                  world: int = 1) -> Iterator[Tensor]:
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, *, repeats: int = 1,
+                  rank: int = 0, world: int = 1) -> Iterator[Tensor]:
     """A `generator`-shuffled epoch of n images in full batches of `batch_size` (the last
     partial one is dropped); each rank yields its 1/world share of every batch, so the
-    generator must be seeded alike on every rank."""
+    generator must be seeded alike on every rank. With `repeats` > 1 (DeiT's repeated
+    augmentation), n / repeats images fill the epoch, each `repeats` times side by side: one
+    batch augments its copies apart (under DDP, on different ranks, as DeiT's sampler does)."""
+    assert repeats >= 1, f"repeats must be >= 1, got {repeats}"
     order = torch.randperm(n, generator=generator, device=generator.device)
+    if repeats > 1:
+        order = order[:-(-n // repeats)].repeat_interleave(repeats)[:n]
     for i in range(0, n - n % batch_size, batch_size):
         yield order[i:i + batch_size][rank::world]
 

@@ -234,7 +234,7 @@ def train(params: Params, data: ImageSet, *, checkpoint: Path, state: dict | Non
         seed_epoch(t.seed, epoch, dist.rank, s.gens)
         s.model.drop_tokens(token_drop_at(epoch, token_drop=params.model.token_drop, t=t))
         bar = tqdm(batch_indices(len(s.train_split), t.batch_size, s.gens["order"],
-                                 rank=dist.rank, world=dist.world),
+                                 repeats=t.repeat_aug, rank=dist.rank, world=dist.world),
                    total=s.steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", leave=False,
                    disable=not dist.main, mininterval=1.0)
         first = epoch == start_epoch + 1 and dist.main
