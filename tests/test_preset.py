@@ -30,6 +30,10 @@ def test_every_preset_is_valid_params_and_the_recipe_is_wider_and_in_bf16(params
     bf16 = preset.apply(real, preset.overrides(47))
     assert (fp32.train.precision, fp32.train.epochs, fp32.model.dim) == ("fp32", 20, 128)
     assert (bf16.train.precision, bf16.train.epochs, bf16.model.heads) == ("bf16", 47, BF16_HEADS)
+    # The budget is AdamW's fp32 run whatever params.yaml says; the recipe trains with Muon.
+    muon = parse_params({**params_dict, "train": {**params_dict["train"], "optimizer": "muon"}})
+    assert preset.apply(muon, preset.overrides(None)).train.optimizer == "adamw"
+    assert bf16.train.optimizer == "muon"
     # Token drop: each training image costs fewer FLOPs than the fp32 preset's.
     assert train_flops_per_image(bf16.model) < train_flops_per_image(fp32.model)
     with pytest.raises(AssertionError, match="needs >= 20 epochs"):
