@@ -33,7 +33,7 @@ def test_every_preset_is_valid_params_and_the_recipe_is_wider_and_in_bf16(params
     # The budget is AdamW's fp32 run whatever params.yaml says; the recipe trains with Muon.
     muon = parse_params({**params_dict, "train": {**params_dict["train"], "optimizer": "muon"}})
     assert preset.apply(muon, preset.overrides(None)).train.optimizer == "adamw"
-    assert bf16.train.optimizer == "muon"
+    assert (bf16.train.optimizer, bf16.train.mixup, bf16.train.cutmix) == ("muon", 0.8, 1.0)
     # Token drop: each training image costs fewer FLOPs than the fp32 preset's.
     assert train_flops_per_image(bf16.model) < train_flops_per_image(fp32.model)
     with pytest.raises(AssertionError, match="needs >= 20 epochs"):
