@@ -92,8 +92,8 @@ class TrainConfig:
     cutout: int = spec(ge=0)  # side of a square blanked in each training image; 0 = off
     trivial_augment: bool = spec()  # one random op per image, on the device (data/trivial.py)
     mixup: float = spec(ge=0)  # MixUp's Beta alpha; 0 = off
-    repeat_aug: int = spec(ge=1)  # copies of each image in its batch, augmented apart; 1 = off
     cutmix: float = spec(ge=0)  # CutMix's Beta alpha; 0 = off (both on: one per batch)
+    repeat_aug: int = spec(ge=1)  # copies of each image in its batch, augmented apart; 1 = off
     seed: int = spec(ge=0)
     device: str = spec(choices=("auto", "cpu", "cuda", "mps"))
     precision: str = spec(choices=PRECISIONS)
