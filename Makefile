@@ -8,9 +8,10 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .PHONY: setup repro repro-cpu test test-fast lint ui predict serve compare bench gpu-check clean
 
-# The CPU preset (src/vitlens/preset.py): the 0.81M-parameter model for 20 fp32 epochs, or,
-# where the CPU has native bf16, a wider bf16 recipe for the epochs that fit in that time here
-# (`vitlens cpu-preset` times both and prints the flags). CPU_PRESET="..." sets them instead.
+# The CPU preset (src/vitlens/train/preset.py): the recipe, in bf16 where the CPU has it
+# natively and in fp32 elsewhere, for the epochs that fit here in the time of 20 fp32 epochs
+# of the plain 0.81M-parameter model (`vitlens cpu-preset` times both and prints the flags).
+# CPU_PRESET="..." sets them instead.
 CPU_PRESET ?= $$(vitlens cpu-preset)
 
 setup: $(STAMP)

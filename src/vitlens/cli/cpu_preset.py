@@ -1,7 +1,7 @@
 """`vitlens cpu-preset`: the CPU preset's `dvc exp run` flags for this CPU (`make repro-cpu`
-runs it). Without native bf16, the fp32 preset. With it, one epoch of the fp32 preset and one
-of the bf16 recipe are timed side by side here (train steps in alternating rounds, and a
-validation pass each), and the recipe gets the epochs that fit in the fp32 preset's 20.
+runs it). One epoch of the fp32 preset and one of the recipe (in bf16 where the CPU has it
+natively, in fp32 elsewhere) are timed side by side here (train steps in alternating rounds,
+and a validation pass each), and the recipe gets the epochs that fit in the fp32 preset's 20.
 The flags go to stdout, the measurement and the choice to stderr."""
 from __future__ import annotations
 
@@ -44,10 +44,10 @@ def epoch_parts(p: Params, val_batch: int) -> tuple[Callable[[], object], Callab
     return h.step, validation_pass(validated, norm(split.x[:val_batch]), CPU, bf16=h.bf16)
 
 
-def epoch_seconds(fp32: Params, bf16: Params, *, steps: int, rounds: int) -> dict[str, Any]:
-    """Seconds an epoch of each preset (train steps at its batch size plus its validation
-    passes), from median step and pass times in alternating rounds; bf16's paired speedup."""
-    subjects = {"fp32": fp32, "bf16": bf16}
+def epoch_seconds(fp32: Params, recipe: Params, *, steps: int, rounds: int) -> dict[str, Any]:
+    """Seconds an epoch of each (train steps at its batch size plus its validation passes),
+    from median step and pass times in alternating rounds; the recipe's paired step speedup."""
+    subjects = {"fp32": fp32, "recipe": recipe}
     fns: dict[str, Callable[[], object]] = {}
     for name, p in subjects.items():
         fns[name], fns[name + " validation"] = epoch_parts(p, p.evaluate.batch_size)
@@ -61,27 +61,28 @@ def epoch_seconds(fp32: Params, bf16: Params, *, steps: int, rounds: int) -> dic
         epoch_s = (epoch_images(p) // p.train.batch_size * step["median_s"]
                    + math.ceil(p.data.val_size / p.evaluate.batch_size) * val_s)
         out[name] = {"step_s": step["median_s"], "validation_pass_s": val_s, "epoch_s": epoch_s}
-    out["step_speedup_bf16"] = paired_speedup(
-        summarize_calls(times["bf16"], 1), summarize_calls(times["fp32"], 1))
+    out["step_speedup_recipe"] = paired_speedup(
+        summarize_calls(times["recipe"], 1), summarize_calls(times["fp32"], 1))
     return out
 
 
 def choose(params: Params, *, steps: int, rounds: int) -> tuple[dict[str, Any], str]:
     """The preset's overrides for this CPU and one line on why."""
     flags = native_bf16_cpu()
-    if not flags:
-        return preset.overrides(None), ("no native bf16 on this CPU (lscpu: no avx512_bf16 or "
-                                        f"amx_bf16): {preset.FP32_EPOCHS} fp32 epochs")
+    precision = "bf16" if flags else "fp32"
     fp32 = preset.apply(params, preset.overrides(None))
-    bf16 = preset.apply(params, preset.overrides(preset.MIN_EPOCHS))
-    t = epoch_seconds(fp32, bf16, steps=steps, rounds=rounds)
-    epochs = preset.fit_epochs(t["fp32"]["epoch_s"], t["bf16"]["epoch_s"])
-    timed = (f"this CPU has {', '.join(flags)}; an epoch takes about {t['fp32']['epoch_s']:.0f} s "
-             f"as the fp32 preset and {t['bf16']['epoch_s']:.0f} s as the bf16 recipe")
+    recipe = preset.apply(params, preset.overrides(preset.MIN_EPOCHS, bf16=bool(flags)))
+    t = epoch_seconds(fp32, recipe, steps=steps, rounds=rounds)
+    epochs = preset.fit_epochs(t["fp32"]["epoch_s"], t["recipe"]["epoch_s"])
+    cpu = (f"this CPU has {', '.join(flags)}" if flags else
+           "no native bf16 on this CPU (lscpu: no avx512_bf16 or amx_bf16)")
+    timed = (f"{cpu}; an epoch takes about {t['fp32']['epoch_s']:.0f} s as the fp32 preset and "
+             f"{t['recipe']['epoch_s']:.0f} s as the {precision} recipe")
     if epochs is None:
         return preset.overrides(None), f"{timed}: the recipe fits too few epochs, fp32 it is"
-    return preset.overrides(epochs), (f"{timed}: {epochs} bf16 epochs fit in "
-                                      f"{preset.MARGIN:.0%} of {preset.FP32_EPOCHS} fp32 ones")
+    return (preset.overrides(epochs, bf16=bool(flags)),
+            f"{timed}: {epochs} {precision} recipe epochs fit in {preset.MARGIN:.0%} of "
+            f"{preset.FP32_EPOCHS} fp32 preset ones")
 
 
 def main(argv: list[str] | None = None) -> None:
