@@ -69,20 +69,20 @@ def epoch_seconds(fp32: Params, recipe: Params, *, steps: int, rounds: int) -> d
 def choose(params: Params, *, steps: int, rounds: int) -> tuple[dict[str, Any], str]:
     """The preset's overrides for this CPU and one line on why."""
     flags = native_bf16_cpu()
-    precision = "bf16" if flags else "fp32"
+    bf16 = bool(flags)
     fp32 = preset.apply(params, preset.overrides(None))
-    recipe = preset.apply(params, preset.overrides(preset.MIN_EPOCHS, bf16=bool(flags)))
+    recipe = preset.apply(params, preset.overrides(preset.MIN_EPOCHS, bf16=bf16))
     t = epoch_seconds(fp32, recipe, steps=steps, rounds=rounds)
     epochs = preset.fit_epochs(t["fp32"]["epoch_s"], t["recipe"]["epoch_s"])
-    cpu = (f"this CPU has {', '.join(flags)}" if flags else
+    cpu = (f"this CPU has {', '.join(flags)}" if bf16 else
            "no native bf16 on this CPU (lscpu: no avx512_bf16 or amx_bf16)")
     timed = (f"{cpu}; an epoch takes about {t['fp32']['epoch_s']:.0f} s as the fp32 preset and "
-             f"{t['recipe']['epoch_s']:.0f} s as the {precision} recipe")
+             f"{t['recipe']['epoch_s']:.0f} s as the {recipe.train.precision} recipe")
     if epochs is None:
         return preset.overrides(None), f"{timed}: the recipe fits too few epochs, fp32 it is"
-    return (preset.overrides(epochs, bf16=bool(flags)),
-            f"{timed}: {epochs} {precision} recipe epochs fit in {preset.MARGIN:.0%} of "
-            f"{preset.FP32_EPOCHS} fp32 preset ones")
+    return (preset.overrides(epochs, bf16=bf16),
+            f"{timed}: {epochs} {recipe.train.precision} recipe epochs fit in "
+            f"{preset.MARGIN:.0%} of {preset.FP32_EPOCHS} fp32 preset ones")
 
 
 def main(argv: list[str] | None = None) -> None:
